@@ -1,0 +1,193 @@
+"""Loading, defaulting, validating and reading the configuration file.
+
+The file is validated against ``schemas/config.json`` with defaults taken from that schema,
+so the schema is the single place where a key, its type and its default are written down.
+Plugin settings are checked later, against the schemas the plugins register
+(:func:`lightspeed_collector.plugins.validate_plugin_settings`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_ENV = "LIGHTSPEED_COLLECTOR_CONFIG"
+SECRET_MASK = "********"
+_SECRET_WORDS = ("token", "secret", "password", "salt", "api_key", "apikey", "private")
+
+
+class Config:
+    """The resolved configuration: every default filled in, every key validated."""
+
+    def __init__(self, data: Mapping[str, Any], source: Path | None = None) -> None:
+        self.data: dict[str, Any] = dict(data)
+        self.source = source
+
+    def section(self, *path: str) -> dict[str, Any]:
+        """The mapping at ``path`` (e.g. ``section("user_data_collection", "data_collector")``)."""
+        node: Any = self.data
+        for key in path:
+            node = node.get(key, {}) if isinstance(node, Mapping) else {}
+        return dict(node) if isinstance(node, Mapping) else {}
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """Settings of the plugin ``name`` (``plugins.<name>``), empty when none are given."""
+        return self.section("plugins", name)
+
+    def authenticator_settings(self, module: str) -> dict[str, Any]:
+        """Settings of the authenticator ``module`` (``authentication.<module>``)."""
+        return self.section("authentication", module)
+
+    def provider_instances(self, provider_type: str) -> dict[str, dict[str, Any]]:
+        """Provider instances of ``provider_type``, by instance name, without the ``type`` key."""
+        instances: dict[str, dict[str, Any]] = {}
+        for name, settings in self.section("query", "providers").items():
+            if settings.get("type", name) == provider_type:
+                instances[name] = {k: v for k, v in settings.items() if k != "type"}
+        return instances
+
+    def resolve_secret(self, settings: Mapping[str, Any], key: str) -> str | None:
+        """A secret given as ``key``, ``key_file`` (read now, so rotation needs no restart) or
+        ``key_env``; the first that is set wins. A missing file is a ``ConfigError``."""
+        return resolve_secret(settings, key)
+
+    def masked(self) -> dict[str, Any]:
+        """The configuration with every secret value replaced, safe to print or log."""
+        masked: dict[str, Any] = _mask(self.data)
+        return masked
+
+
+def resolve_secret(settings: Mapping[str, Any], key: str) -> str | None:
+    value = settings.get(key)
+    if value is not None:
+        return str(value)
+    path = settings.get(f"{key}_file")
+    if path:
+        try:
+            return Path(path).read_text("utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file", f"cannot read {path}: {exc.strerror}") from None
+    env = settings.get(f"{key}_env")
+    if env:
+        if env not in os.environ:
+            raise ConfigError(f"{key}_env", f"environment variable {env} is not set")
+        return os.environ[env]
+    return None
+
+
+def _is_secret(key: str) -> bool:
+    lowered = key.lower()
+    if lowered.endswith(("_file", "_env")):
+        return False
+    return any(word in lowered for word in _SECRET_WORDS) or lowered in ("key", "keys")
+
+
+def _mask(node: Any, key: str = "") -> Any:
+    if isinstance(node, Mapping):
+        return {k: _mask(v, str(k)) for k, v in node.items()}
+    if key and _is_secret(key) and node not in (None, "", [], {}):
+        return SECRET_MASK
+    if isinstance(node, list):
+        return [_mask(item) for item in node]
+    return node
+
+
+def default_config() -> Config:
+    """The embedded defaults: 127.0.0.1:8080, noop auth, echo provider, storage in ./data."""
+    return build_config({})
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load ``path``, or the file named by $LIGHTSPEED_COLLECTOR_CONFIG, or the defaults."""
+    chosen = path if path is not None else os.environ.get(CONFIG_ENV) or None
+    if chosen is None:
+        return default_config()
+    source = Path(chosen)
+    try:
+        text = source.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"configuration file {source} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot read configuration file {source}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError("", f"{source} is not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"{source} must hold a mapping at the top level")
+    return build_config(raw, source)
+
+
+def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
+    """Fill defaults into ``raw``, validate it, and check the storage paths."""
+    from . import validation
+
+    schema = validation.load_schema("config")
+    data = copy.deepcopy(dict(raw))
+    _apply_defaults(schema, data)
+    problems = validation.check("config", data)
+    if problems:
+        messages = [_config_message(schema, problem.loc, problem.msg) for problem in problems]
+        raise ConfigError("", "\n".join(messages))
+    collection = data["user_data_collection"]
+    for kind in ("feedback", "transcripts"):
+        if collection[f"{kind}_enabled"]:
+            _check_directory(f"user_data_collection.{kind}_storage", collection[f"{kind}_storage"])
+    _check_directory("service.state_dir", data["service"]["state_dir"])
+    return Config(data, source)
+
+
+def _apply_defaults(schema: Mapping[str, Any], node: dict[str, Any]) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in node and "default" in sub:
+            node[key] = copy.deepcopy(sub["default"])
+        if isinstance(node.get(key), dict):
+            _apply_defaults(sub, node[key])
+
+
+def _config_message(schema: Mapping[str, Any], loc: tuple[str | int, ...], msg: str) -> str:
+    path = ".".join(str(part) for part in loc)
+    if msg.startswith("Unknown field"):
+        parent = _subschema(schema, loc[:-1])
+        known = list(parent.get("properties", {})) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{path}: unknown key{hint}"
+    return f"{path}: {msg}"
+
+
+def _subschema(schema: Mapping[str, Any], loc: tuple[str | int, ...]) -> Mapping[str, Any] | None:
+    node: Mapping[str, Any] | None = schema
+    for part in loc:
+        if node is None:
+            return None
+        node = node.get("properties", {}).get(part)
+    return node
+
+
+def _check_directory(key: str, value: str) -> None:
+    """A storage path may not exist yet (it is created), but if it exists it must be a
+    writable directory: failing at start beats failing on the first user's feedback."""
+    path = Path(value)
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(key, f"{value} exists and is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(key, f"{value} is not writable")
+        return
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise ConfigError(key, f"{value} cannot be created: {parent} is not a writable directory")

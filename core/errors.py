@@ -1,0 +1,122 @@
+"""One exception hierarchy for the whole service.
+
+Every error that can reach a client knows its HTTP status and the two strings of the error
+envelope (``response``: short, ``cause``: why), so the web layer maps them in one place and
+plugins can raise them without knowing anything about HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class CollectorError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    status: int = 500
+    response: str = "Internal server error"
+
+    def __init__(self, cause: str, *, response: str | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        if response is not None:
+            self.response = response
+
+
+class BadRequest(CollectorError):
+    status = 400
+    response = "Malformed request"
+
+
+class Unauthorized(CollectorError):
+    status = 401
+    response = "Missing or invalid credentials provided by client"
+
+
+class Forbidden(CollectorError):
+    status = 403
+    response = "User does not have permission to perform this action"
+
+
+class NotFound(CollectorError):
+    status = 404
+    response = "Not found"
+
+
+class PayloadTooLarge(CollectorError):
+    status = 413
+    response = "Request body too large"
+
+
+class UnsupportedMediaType(CollectorError):
+    status = 415
+    response = "Unsupported media type"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field; ``loc`` is the path to it, e.g. ``("body", "sentiment")``."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+
+
+class ValidationFailed(CollectorError):
+    status = 422
+    response = "Invalid request"
+
+    def __init__(self, errors: Sequence[FieldError], *, response: str | None = None) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(e.msg for e in self.errors), response=response)
+
+
+class RateLimited(CollectorError):
+    status = 429
+    response = "The model provider is rate limiting requests"
+
+    def __init__(self, cause: str, *, retry_after: int | None = None) -> None:
+        super().__init__(cause)
+        self.retry_after = retry_after
+
+
+class ProviderFailed(CollectorError):
+    status = 502
+    response = "The model provider failed"
+
+
+class ProviderTimeout(CollectorError):
+    status = 504
+    response = "The model provider did not answer in time"
+
+
+class StorageFull(CollectorError):
+    status = 507
+    response = "Storage is full"
+
+
+class StorageFailed(CollectorError):
+    """A sink could not write for a reason that is the server's, not the client's."""
+
+    status = 500
+    response = "Failed to store record"
+
+
+class RecordInvalid(CollectorError):
+    """A built record broke its own schema: a bug in the service or a plugin, never stored."""
+
+    status = 500
+    response = "Record failed schema validation"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message starts with the key path it concerns."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or conflicts with another; raised at start-up."""

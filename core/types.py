@@ -1,0 +1,232 @@
+"""The public value types a plugin sees, and the shapes of the objects a plugin returns.
+
+Together with ``lightspeed_collector.hookimpl`` this module is the whole plugin API: built-in
+plugins import nothing else from the core, so a third-party package can do anything they do.
+The errors a plugin may raise are re-exported here for the same reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from .config import Config
+from .errors import (
+    BadRequest,
+    CollectorError,
+    ConfigError,
+    FieldError,
+    Forbidden,
+    ProviderFailed,
+    ProviderTimeout,
+    RateLimited,
+    StorageFailed,
+    StorageFull,
+    Unauthorized,
+    ValidationFailed,
+)
+
+RecordKind = Literal["feedback", "transcript"]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    attachment_type: str
+    content_type: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who sent a request. ``user_id`` is the real id; records only ever hold its pseudonym."""
+
+    user_id: str
+    username: str | None = None
+    roles: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    """What an authenticator may look at; header names are lower-case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    query: str
+    conversation_id: str
+    identity: Identity
+    provider: str | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    media_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A provider's complete answer. ``model`` is the model that actually answered."""
+
+    text: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    truncated: bool = False
+    rag_chunks: tuple[Mapping[str, Any], ...] = ()
+    referenced_documents: tuple[Mapping[str, Any], ...] = ()
+    tool_calls: tuple[Mapping[str, Any], ...] | None = None
+    tool_results: tuple[Mapping[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True)
+class RedactionResult:
+    """``count`` replacements were made; ``counts`` splits them by rule name for metrics."""
+
+    text: str
+    count: int
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A redacted, schema-valid record on its way to the sinks.
+
+    ``record_id`` is a UUID4 chosen by the core; ``user_key`` is the user's pseudonym (hex);
+    both, and ``conversation_id``, are safe to use as path components.
+    """
+
+    kind: RecordKind
+    record_id: str
+    user_key: str
+    conversation_id: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SinkStatus:
+    """What ``describe()`` tells readiness probes and the ``plugins`` listing."""
+
+    ready: bool
+    details: Mapping[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A finished, durable archive in the outbox, ready for an exporter."""
+
+    archive_id: str
+    path: Path
+    size: int
+    record_count: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What an ingress answered to an upload."""
+
+    status: int
+    request_id: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfigSchema:
+    """A JSON Schema for one plugin's settings and where those settings live.
+
+    ``section`` ``provider``: each ``query.providers.<instance>`` whose ``type`` is ``name``;
+    ``authenticator``: ``authentication.<name>``; ``plugin``: ``plugins.<name>``.
+    """
+
+    section: Literal["provider", "authenticator", "plugin"]
+    name: str
+    schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """Handed to ``startup`` hooks: the resolved config and where the service keeps state."""
+
+    config: Config
+    state_dir: Path
+
+
+@runtime_checkable
+class QueryProvider(Protocol):
+    name: str
+
+    def answer(self, request: QueryRequest) -> Answer: ...
+
+    def stream(self, request: QueryRequest) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class Redactor(Protocol):
+    name: str
+
+    def redact(self, text: str) -> RedactionResult: ...
+
+
+@runtime_checkable
+class RecordSink(Protocol):
+    name: str
+
+    def write(self, record: Record) -> str: ...
+
+    def describe(self) -> SinkStatus: ...
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    name: str
+
+    def export(self, archive: Archive) -> Receipt: ...
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    name: str
+
+    def authenticate(self, request: AuthRequest) -> Identity: ...
+
+
+__all__ = [
+    "Answer",
+    "AppContext",
+    "Archive",
+    "Attachment",
+    "AuthRequest",
+    "Authenticator",
+    "BadRequest",
+    "CollectorError",
+    "Config",
+    "ConfigError",
+    "ConfigSchema",
+    "Exporter",
+    "FieldError",
+    "Forbidden",
+    "Identity",
+    "ProviderFailed",
+    "ProviderTimeout",
+    "QueryProvider",
+    "QueryRequest",
+    "RateLimited",
+    "Receipt",
+    "Record",
+    "RecordKind",
+    "RecordSink",
+    "RedactionResult",
+    "Redactor",
+    "SinkStatus",
+    "StorageFailed",
+    "StorageFull",
+    "Unauthorized",
+    "ValidationFailed",
+]
