@@ -1,0 +1,68 @@
+"""Who owns which conversation, in an embedded SQLite database under ``service.state_dir``.
+
+Only pseudonyms are stored, never user ids. One connection guarded by a lock serves all of
+waitress's worker threads: the statements are tiny, so a lock is simpler and as fast as a
+connection per thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from .errors import Forbidden, NotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id TEXT PRIMARY KEY,
+    user_key TEXT NOT NULL,
+    created_at TEXT NOT NULL
+)
+"""
+
+
+class ConversationStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        path.chmod(0o600)
+
+    def create(self, conversation_id: str, user_key: str, created_at: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO conversations VALUES (?, ?, ?)",
+                (conversation_id, user_key, created_at),
+            )
+
+    def owner(self, conversation_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT user_key FROM conversations WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def check_access(self, conversation_id: str, user_key: str) -> None:
+        """404 for a conversation nobody started, 403 for someone else's."""
+        owner = self.owner(conversation_id)
+        if owner is None:
+            raise NotFound(
+                f"Conversation with ID {conversation_id} does not exist",
+                response="Conversation not found",
+            )
+        if owner != user_key:
+            raise Forbidden(
+                f"User does not have permission to access conversation {conversation_id}"
+            )
+
+    def ping(self) -> None:
+        with self._lock:
+            self._db.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

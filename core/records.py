@@ -1,0 +1,144 @@
+"""Building records and sending them through the record pipeline.
+
+A record travels one way: built from a request → every configured redactor, in configured
+order, over every free-text field → validated against its schema → written by every sink →
+announced to ``record_stored`` observers. Nothing reaches a sink unredacted or invalid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from . import validation
+from .errors import CollectorError, RecordInvalid, StorageFailed
+from .metrics import Metrics
+from .types import Record, RecordKind, RecordSink, Redactor
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+IdFactory = Callable[[], str]
+
+# Fields that carry structure, not prose: redacting them could only break the record.
+_STRUCTURAL_KEYS = frozenset(
+    {
+        "metadata",
+        "user_id",
+        "timestamp",
+        "conversation_id",
+        "sentiment",
+        "categories",
+        "attachment_type",
+        "content_type",
+        "truncated",
+        "query_is_valid",
+    }
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def rfc3339(moment: datetime) -> str:
+    """``2024-01-01T12:00:00.123456Z``: UTC, with a Z, as the record schemas demand."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Pseudonymizer:
+    """Turns a user id into the pseudonym stored in every record and used as a folder name.
+
+    The same function serves feedback and transcripts, so analysts can join the two without
+    learning who the user is. With a salt it is an HMAC, so the pseudonym of a known user id
+    cannot be recomputed by whoever reads the exported data.
+    """
+
+    def __init__(self, salt: str | None) -> None:
+        self._key = salt.encode("utf-8") if salt else None
+
+    def __call__(self, user_id: str) -> str:
+        data = user_id.encode("utf-8")
+        if self._key is None:
+            return hashlib.sha256(data).hexdigest()
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
+
+class RecordPipeline:
+    def __init__(
+        self,
+        redactors: Sequence[Redactor],
+        sinks: Sequence[RecordSink],
+        on_stored: Callable[[RecordKind, dict[str, Any], str], None],
+        metrics: Metrics,
+        new_id: IdFactory = new_uuid,
+    ) -> None:
+        self._redactors = tuple(redactors)
+        self._sinks = tuple(sinks)
+        self._on_stored = on_stored
+        self._metrics = metrics
+        self._new_id = new_id
+
+    def store(
+        self, kind: RecordKind, data: Mapping[str, Any], user_key: str, conversation_id: str
+    ) -> list[str]:
+        """Redact, validate and write one record; returns where each sink put it."""
+        redacted = self.redact(data)
+        problems = validation.check(kind, redacted)
+        if problems:
+            detail = "; ".join(
+                f"{'.'.join(map(str, p.loc)) or '<root>'}: {p.msg}" for p in problems
+            )
+            log.error("built %s record failed its schema and was not stored: %s", kind, detail)
+            raise RecordInvalid(f"The {kind} record failed schema validation: {detail}")
+        record = Record(kind, self._new_id(), user_key, conversation_id, redacted)
+        locations = [sink.write(record) for sink in self._sinks]
+        self._metrics.records_stored.labels(kind=kind).inc()
+        for location in locations:
+            try:
+                self._on_stored(kind, redacted, location)
+            except Exception:
+                log.exception("a record_stored observer failed; the record is stored")
+        return locations
+
+    def redact(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        redacted: dict[str, Any] = self._redact_node(dict(data))
+        return redacted
+
+    def _redact_node(self, node: Any) -> Any:
+        if isinstance(node, str):
+            return self._redact_text(node)
+        if isinstance(node, Mapping):
+            return {
+                key: value if key in _STRUCTURAL_KEYS else self._redact_node(value)
+                for key, value in node.items()
+            }
+        if isinstance(node, list | tuple):
+            return [self._redact_node(item) for item in node]
+        return node
+
+    def _redact_text(self, text: str) -> str:
+        for redactor in self._redactors:
+            try:
+                result = redactor.redact(text)
+            except CollectorError:
+                raise
+            except Exception as exc:
+                log.exception("redactor %s failed", redactor.name)
+                raise StorageFailed(
+                    f"Redactor '{redactor.name}' failed; the record was not stored",
+                    response="Failed to redact record",
+                ) from exc
+            text = result.text
+            for rule, count in result.counts.items():
+                self._metrics.redactions.labels(redactor=redactor.name, rule=rule).inc(count)
+        return text

@@ -1,0 +1,95 @@
+"""Assembling a running service from a configuration: plugins, stores, services, metrics.
+
+Everything that touches the outside world (clock, ids) is injectable so tests can pin it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from . import plugin_manager
+from .config import Config
+from .conversations import ConversationStore
+from .feedback import FeedbackService
+from .metrics import Metrics
+from .plugin_manager import Components
+from .queries import QueryService
+from .records import Clock, IdFactory, Pseudonymizer, RecordPipeline, new_uuid, utc_now
+from .types import AppContext, Authenticator, RecordKind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    config: Config
+    pm: pluggy.PluginManager
+    components: Components
+    authenticator: Authenticator
+    metrics: Metrics
+    conversations: ConversationStore
+    queries: QueryService
+    feedback: FeedbackService
+
+    def close(self) -> None:
+        try:
+            self.pm.hook.shutdown()
+        finally:
+            self.conversations.close()
+
+
+def build_service(
+    config: Config, *, clock: Clock = utc_now, new_id: IdFactory = new_uuid
+) -> Service:
+    pm, components = plugin_manager.load(config)
+    collection = config.section("user_data_collection")
+    state_dir = Path(config.section("service")["state_dir"])
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    salt = config.resolve_secret(collection, "user_id_salt")
+    pseudonymize = Pseudonymizer(salt)
+    metrics = Metrics()
+
+    def on_stored(kind: RecordKind, record: dict[str, Any], location: str) -> None:
+        pm.hook.record_stored(kind=kind, record=record, location=location)
+
+    pipeline = RecordPipeline(
+        redactors=[components.redactors[name] for name in collection["redactors"]],
+        sinks=[components.sinks[name] for name in collection["sinks"]],
+        on_stored=on_stored,
+        metrics=metrics,
+        new_id=new_id,
+    )
+    conversations = ConversationStore(state_dir / "conversations.sqlite3")
+    query = config.section("query")
+    service = Service(
+        config=config,
+        pm=pm,
+        components=components,
+        authenticator=components.authenticators[config.section("authentication")["module"]],
+        metrics=metrics,
+        conversations=conversations,
+        queries=QueryService(
+            providers=components.providers,
+            default_provider=query["default_provider"],
+            conversations=conversations,
+            pipeline=pipeline,
+            pseudonymize=pseudonymize,
+            transcripts_enabled=collection["transcripts_enabled"],
+            clock=clock,
+            new_id=new_id,
+        ),
+        feedback=FeedbackService(
+            enabled=collection["feedback_enabled"],
+            conversations=conversations,
+            pipeline=pipeline,
+            pseudonymize=pseudonymize,
+            clock=clock,
+        ),
+    )
+    pm.hook.startup(app_context=AppContext(config=config, state_dir=state_dir))
+    return service

@@ -1,0 +1,110 @@
+"""HTTP resources. Each one reads the request, calls a core service, and sets the response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from .. import validation
+from ..errors import ValidationFailed
+from ..service import Service
+from ..types import AuthRequest, Identity
+from .body import read_json
+
+
+class Endpoint:
+    """What every authenticated JSON resource shares: who is asking, and the checked body."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.max_bytes: int = service.config.section("service")["max_request_bytes"]
+
+    def identify(self, req: falcon.Request) -> Identity:
+        headers = {name.lower(): value for name, value in req.headers.items()}
+        params = {k: v if isinstance(v, str) else v[-1] for k, v in req.params.items()}
+        request = AuthRequest(method=req.method, path=req.path, headers=headers, params=params)
+        return self.service.authenticator.authenticate(request)
+
+    def body(self, req: falcon.Request, schema: str) -> dict[str, Any]:
+        data = read_json(req, self.max_bytes)
+        problems = validation.check(schema, data, root=("body",))
+        if problems:
+            raise ValidationFailed(problems)
+        checked: dict[str, Any] = data
+        return checked
+
+
+class QueryResource(Endpoint):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        identity = self.identify(req)
+        body = self.body(req, "query_request")
+        resp.media = self.service.queries.ask(identity, body)
+
+
+class FeedbackResource(Endpoint):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        identity = self.identify(req)
+        body = self.body(req, "feedback_request")
+        self.service.feedback.submit(identity, body)
+        resp.media = {"response": "feedback received"}
+
+
+class FeedbackStatusResource(Endpoint):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.identify(req)
+        resp.media = {
+            "functionality": "feedback",
+            "status": {"enabled": self.service.feedback.enabled},
+        }
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        identity = self.identify(req)
+        body = self.body(req, "feedback_status_request")
+        resp.media = self.service.feedback.set_enabled(identity, body["status"])
+
+
+class LivenessResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"alive": True}
+
+
+class ReadinessResource:
+    """Ready when every configured sink can write and the conversations database answers."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        problems: list[str] = []
+        sinks: dict[str, Any] = {}
+        for name in self.service.config.section("user_data_collection")["sinks"]:
+            status = self.service.components.sinks[name].describe()
+            sinks[name] = {
+                "ready": status.ready,
+                **({"problem": status.problem} if status.problem else {}),
+            }
+            if not status.ready:
+                problems.append(f"sink {name}: {status.problem or 'not ready'}")
+        try:
+            self.service.conversations.ping()
+        except Exception as exc:
+            problems.append(f"conversations database: {exc}")
+        ready = not problems
+        resp.status = 200 if ready else 503
+        resp.media = {
+            "ready": ready,
+            "reason": "service is ready" if ready else "; ".join(problems),
+            "sinks": sinks,
+        }
+
+
+class MetricsResource:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        from ..metrics import CONTENT_TYPE
+
+        resp.content_type = CONTENT_TYPE
+        resp.data = self.service.metrics.render()
