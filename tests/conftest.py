@@ -1,0 +1,127 @@
+"""Shared fixtures: configurations under tmp_path and a real server process on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from lightspeed_collector.config import Config, build_config
+
+
+def base_settings(root: Path) -> dict[str, Any]:
+    return {
+        "service": {"host": "127.0.0.1", "port": 0, "state_dir": str(root / "state")},
+        "user_data_collection": {
+            "feedback_storage": str(root / "feedback"),
+            "transcripts_storage": str(root / "transcripts"),
+        },
+    }
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """Build a validated Config whose storage lives under tmp_path."""
+
+    def make(extra: dict[str, Any] | None = None) -> Config:
+        return build_config(merge(base_settings(tmp_path), extra or {}))
+
+    return make
+
+
+@dataclass
+class RunningServer:
+    url: str
+    root: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    root: Path, extra: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> RunningServer:
+    """Start ``lightspeed-collector serve`` on a free loopback port and wait until ready."""
+    root.mkdir(parents=True, exist_ok=True)
+    config_path = root / "config.yaml"
+    config_path.write_text(yaml.safe_dump(merge(base_settings(root), extra or {})))
+    log_path = root / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lightspeed_collector", "serve", "-c", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env={**os.environ, **(env or {})},
+        )
+    deadline = time.monotonic() + 30
+    url = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        found = re.search(
+            r"listening on (http://\S+)", log_path.read_text("utf-8", errors="replace")
+        )
+        if found:
+            url = found.group(1)
+            try:
+                if requests.get(f"{url}/liveness", timeout=2).status_code == 200:
+                    return RunningServer(url, root, process, log_path)
+            except requests.ConnectionError:
+                pass
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"server did not become ready (url={url}):\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    servers: list[RunningServer] = []
+
+    def factory(
+        extra: dict[str, Any] | None = None, name: str = "server", env: dict[str, str] | None = None
+    ) -> RunningServer:
+        server = start_server(tmp_path / name, extra, env)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
+    return server_factory()

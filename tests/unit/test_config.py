@@ -1,0 +1,279 @@
+"""Configuration: defaults, validation errors naming the key, secrets, storage checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightspeed_collector.config import (
+    SECRET_MASK,
+    Config,
+    default_config,
+    load_config,
+)
+from lightspeed_collector.errors import ConfigError
+
+
+def test_embedded_defaults_match_the_documented_service() -> None:
+    config = default_config()
+    service = config.section("service")
+    assert (service["host"], service["port"]) == ("127.0.0.1", 8080)
+    assert config.section("authentication")["module"] == "noop"
+    assert config.section("query")["default_provider"] == "echo"
+    collection = config.section("user_data_collection")
+    assert collection["feedback_storage"] == "./data/feedback"
+    assert collection["transcripts_storage"] == "./data/transcripts"
+    assert collection["feedback_enabled"] and collection["transcripts_enabled"]
+    collector = collection["data_collector"]
+    assert collector == {
+        "enabled": False,
+        "ingress_server_url": None,
+        "ingress_server_auth_token": None,
+        "ingress_server_auth_token_file": None,
+        "ingress_server_auth_token_env": None,
+        "ingress_content_service_name": None,
+        "collection_interval": 7200,
+        "cleanup_after_send": True,
+        "connection_timeout_seconds": 30,
+        "max_archive_bytes": 104857600,
+    }
+
+
+def test_reference_document_keys_are_accepted_exactly(make_config: Callable[..., Config]) -> None:
+    config = make_config(
+        {
+            "user_data_collection": {
+                "data_collector": {
+                    "enabled": True,
+                    "ingress_server_url": "https://ingress.example.com/upload",
+                    "ingress_server_auth_token": "tok",
+                    "ingress_content_service_name": "lightspeed-stack",
+                    "collection_interval": 60,
+                    "cleanup_after_send": True,
+                    "connection_timeout_seconds": 30,
+                }
+            }
+        }
+    )
+    assert config.section("user_data_collection", "data_collector")["collection_interval"] == 60
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"service": {"port": "eighty"}}, "service.port: 'eighty' is not of type 'integer'"),
+        ({"service": {"prot": 1}}, "service.prot: unknown key; did you mean 'port'?"),
+        ({"servise": {}}, "servise: unknown key; did you mean 'service'?"),
+        (
+            {"user_data_collection": {"data_collector": {"connection_timeout": 5}}},
+            "user_data_collection.data_collector.connection_timeout: unknown key; did you mean 'connection_timeout_seconds'?",
+        ),
+        (
+            {"user_data_collection": {"feedback_storage": None}},
+            "user_data_collection.feedback_storage: feedback_storage is required when feedback is enabled",
+        ),
+        (
+            {"user_data_collection": {"transcripts_storage": None}},
+            "user_data_collection.transcripts_storage: transcripts_storage is required when transcripts are enabled",
+        ),
+        (
+            {
+                "user_data_collection": {
+                    "data_collector": {"enabled": True, "ingress_content_service_name": "ols"}
+                }
+            },
+            "user_data_collection.data_collector.ingress_server_url: ingress_server_url is required when the data collector is enabled",
+        ),
+        (
+            {
+                "user_data_collection": {
+                    "data_collector": {"enabled": True, "ingress_server_url": "https://x"}
+                }
+            },
+            "ingress_content_service_name is required when the data collector is enabled",
+        ),
+        (
+            {
+                "user_data_collection": {
+                    "data_collector": {"ingress_content_service_name": "Light_Speed"}
+                }
+            },
+            "user_data_collection.data_collector.ingress_content_service_name: 'Light_Speed' is not a valid service name",
+        ),
+        ({"service": {"log_level": "loud"}}, "service.log_level"),
+    ],
+)
+def test_errors_name_the_key_path(
+    make_config: Callable[..., Config], extra: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(extra)
+    assert message in str(caught.value)
+
+
+def test_disabled_storage_may_have_no_path(make_config: Callable[..., Config]) -> None:
+    config = make_config(
+        {"user_data_collection": {"feedback_enabled": False, "feedback_storage": None}}
+    )
+    assert config.section("user_data_collection")["feedback_storage"] is None
+
+
+def test_storage_path_that_is_a_file_is_an_error(
+    tmp_path: Path, make_config: Callable[..., Config]
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    with pytest.raises(
+        ConfigError,
+        match=r"user_data_collection.feedback_storage: .*blocker exists and is not a directory",
+    ):
+        make_config({"user_data_collection": {"feedback_storage": str(blocker)}})
+    with pytest.raises(
+        ConfigError, match=r"user_data_collection\.transcripts_storage: .*cannot be created"
+    ):
+        make_config({"user_data_collection": {"transcripts_storage": str(blocker / "sub")}})
+
+
+def test_load_config_reports_yaml_and_file_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("service:\n  port: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(listing)
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"service:\n  port: 9999\n  state_dir: {tmp_path / 'state'}\n")
+    monkeypatch.setenv("LIGHTSPEED_COLLECTOR_CONFIG", str(path))
+    assert load_config().section("service")["port"] == 9999
+
+
+def test_secrets_from_value_file_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = default_config()
+    secret_file = tmp_path / "salt"
+    secret_file.write_text("from-file\n")
+    assert config.resolve_secret({"user_id_salt": "inline"}, "user_id_salt") == "inline"
+    assert (
+        config.resolve_secret({"user_id_salt_file": str(secret_file)}, "user_id_salt")
+        == "from-file"
+    )
+    secret_file.write_text("rotated\n")
+    assert (
+        config.resolve_secret({"user_id_salt_file": str(secret_file)}, "user_id_salt") == "rotated"
+    )
+    monkeypatch.setenv("SALT_VAR", "from-env")
+    assert config.resolve_secret({"user_id_salt_env": "SALT_VAR"}, "user_id_salt") == "from-env"
+    assert config.resolve_secret({}, "user_id_salt") is None
+    with pytest.raises(ConfigError, match="user_id_salt_file: cannot read"):
+        config.resolve_secret({"user_id_salt_file": str(tmp_path / "nope")}, "user_id_salt")
+    with pytest.raises(ConfigError, match="UNSET_VAR is not set"):
+        config.resolve_secret({"user_id_salt_env": "UNSET_VAR"}, "user_id_salt")
+
+
+def test_masked_config_hides_every_secret(make_config: Callable[..., Config]) -> None:
+    config = make_config(
+        {
+            "user_data_collection": {
+                "user_id_salt": "pepper",
+                "data_collector": {
+                    "ingress_server_auth_token": "tok-123",
+                    "ingress_server_auth_token_file": "/run/t",
+                },
+            },
+            "authentication": {"module": "noop", "noop": {"admin_user_ids": ["x"]}},
+        }
+    )
+    masked = config.masked()
+    text = repr(masked)
+    assert "pepper" not in text and "tok-123" not in text
+    assert masked["user_data_collection"]["user_id_salt"] == SECRET_MASK
+    assert (
+        masked["user_data_collection"]["data_collector"]["ingress_server_auth_token_file"]
+        == "/run/t"
+    )
+    assert config.section("user_data_collection")["user_id_salt"] == "pepper"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lightspeed_collector", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_cli_config_check_and_dump(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        f"service: {{state_dir: {tmp_path / 'state'}}}\n"
+        f"user_data_collection: {{feedback_storage: {tmp_path / 'fb'}, transcripts_storage: {tmp_path / 'tr'},"
+        " user_id_salt: very-secret}\n"
+    )
+    checked = run_cli("config", "check", "-c", str(good), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "configuration OK" in checked.stdout
+    dumped = run_cli("config", "dump", "--config", str(good), cwd=tmp_path)
+    assert dumped.returncode == 0
+    assert "very-secret" not in dumped.stdout and SECRET_MASK in dumped.stdout
+    assert "connection_timeout_seconds: 30" in dumped.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("service:\n  port: -1\n", "service.port"),
+        (
+            "plugins:\n  regex:\n    rules:\n      - {name: bad, pattern: '(unclosed'}\n",
+            "plugins.regex.rules[0].pattern",
+        ),
+        ("plugins:\n  no-such-plugin: {a: 1}\n", "plugins.no-such-plugin"),
+        (
+            "query:\n  providers:\n    gpt: {type: nonesuch}\n",
+            "query.providers.gpt.type: unknown provider type 'nonesuch'",
+        ),
+        (
+            "query:\n  default_provider: missing\n",
+            "query.default_provider: 'missing' is not installed",
+        ),
+        (
+            "authentication:\n  module: kerberos\n",
+            "authentication.module: 'kerberos' is not installed",
+        ),
+        (
+            "user_data_collection:\n  redactors: [regex, spacy]\n",
+            "user_data_collection.redactors: 'spacy'",
+        ),
+    ],
+)
+def test_cli_config_errors_exit_2_without_traceback(
+    tmp_path: Path, content: str, fragment: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"{content}")
+    result = run_cli("config", "check", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("service: {port: 70000}\n")
+    result = run_cli("serve", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "service.port" in result.stderr and "Traceback" not in result.stderr
