@@ -2,7 +2,9 @@
 
 Only pseudonyms are stored, never user ids. One connection guarded by a lock serves all of
 waitress's worker threads: the statements are tiny, so a lock is simpler and as fast as a
-connection per thread.
+connection per thread. Ownership never changes once recorded, so owners already seen are
+answered from memory: every feedback checks ownership, and a database round trip per request
+costs more than the rest of the check.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import threading
 from pathlib import Path
 
 from .errors import Forbidden, NotFound
+
+CACHED_OWNERS = 100_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -31,6 +35,7 @@ class ConversationStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         path.chmod(0o600)
+        self._owners: dict[str, str] = {}
 
     def create(self, conversation_id: str, user_key: str, created_at: str) -> None:
         with self._lock:
@@ -38,13 +43,26 @@ class ConversationStore:
                 "INSERT OR IGNORE INTO conversations VALUES (?, ?, ?)",
                 (conversation_id, user_key, created_at),
             )
+        self._remember(conversation_id, self.owner(conversation_id, cached=False))
 
-    def owner(self, conversation_id: str) -> str | None:
+    def owner(self, conversation_id: str, *, cached: bool = True) -> str | None:
+        if cached and (known := self._owners.get(conversation_id)) is not None:
+            return known
         with self._lock:
             row = self._db.execute(
                 "SELECT user_key FROM conversations WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()
-        return None if row is None else str(row[0])
+        owner = None if row is None else str(row[0])
+        self._remember(conversation_id, owner)
+        return owner
+
+    def _remember(self, conversation_id: str, owner: str | None) -> None:
+        # Unknown conversations are not remembered: another process may create them.
+        if owner is None:
+            return
+        if len(self._owners) >= CACHED_OWNERS:
+            self._owners.clear()
+        self._owners[conversation_id] = owner
 
     def check_access(self, conversation_id: str, user_key: str) -> None:
         """404 for a conversation nobody started, 403 for someone else's."""

@@ -31,8 +31,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 ENTRY_POINT_GROUP = PROJECT_NAME
 
 
-def get_plugin_manager(config: Config | None = None) -> pluggy.PluginManager:
-    """A fresh plugin manager: built-ins, then entry points, minus ``plugins.disabled``.
+def get_plugin_manager(
+    config: Config | None = None, extra_plugins: Mapping[str, object] | None = None
+) -> pluggy.PluginManager:
+    """A fresh plugin manager: built-ins, then entry points, then ``extra_plugins`` (by name,
+    for embedders and tests), minus ``plugins.disabled``.
 
     A fresh one per call (not import-time state) so tests and the CLI can build as many as
     they like with different configurations.
@@ -53,6 +56,9 @@ def get_plugin_manager(config: Config | None = None) -> pluggy.PluginManager:
         raise PluginError(
             f"a plugin from the '{ENTRY_POINT_GROUP}' entry points failed to load: {exc}"
         ) from exc
+    for name, plugin in (extra_plugins or {}).items():
+        if not pm.is_blocked(name):
+            pm.register(plugin, name=name)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -106,6 +112,19 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[t
         if result is not None:
             answers.append((impl.plugin_name, result))
     return answers
+
+
+def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
+    """Call an event hook on every plugin; one observer's failure is logged and neither stops
+    the others (as pluggy's own call would) nor the operation that raised the event."""
+    caller = getattr(pm.hook, hook_name)
+    for impl in caller.get_hookimpls():
+        if impl.hookwrapper or impl.wrapper:
+            continue
+        try:
+            impl.function(**{name: kwargs[name] for name in impl.argnames})
+        except Exception:
+            log.exception("plugin '%s' failed in %s; carrying on", impl.plugin_name, hook_name)
 
 
 def validate_plugin_settings(config: Config, pm: pluggy.PluginManager) -> None:
@@ -246,9 +265,11 @@ def select(config: Config, components: Components) -> None:
                 )
 
 
-def load(config: Config) -> tuple[pluggy.PluginManager, Components]:
+def load(
+    config: Config, extra_plugins: Mapping[str, object] | None = None
+) -> tuple[pluggy.PluginManager, Components]:
     """Build the plugin manager, validate plugin settings and collect the components."""
-    pm = get_plugin_manager(config)
+    pm = get_plugin_manager(config, extra_plugins)
     validate_plugin_settings(config, pm)
     components = collect_components(config, pm)
     select(config, components)

@@ -104,10 +104,7 @@ class RecordPipeline:
         locations = [sink.write(record) for sink in self._sinks]
         self._metrics.records_stored.labels(kind=kind).inc()
         for location in locations:
-            try:
-                self._on_stored(kind, redacted, location)
-            except Exception:
-                log.exception("a record_stored observer failed; the record is stored")
+            self._on_stored(kind, redacted, location)
         return locations
 
     def redact(self, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Everything that touches the outside world (clock, ids) is injectable so tests ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,13 @@ class Service:
 
 
 def build_service(
-    config: Config, *, clock: Clock = utc_now, new_id: IdFactory = new_uuid
+    config: Config,
+    *,
+    clock: Clock = utc_now,
+    new_id: IdFactory = new_uuid,
+    extra_plugins: Mapping[str, object] | None = None,
 ) -> Service:
-    pm, components = plugin_manager.load(config)
+    pm, components = plugin_manager.load(config, extra_plugins)
     collection = config.section("user_data_collection")
     state_dir = Path(config.section("service")["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -55,7 +60,7 @@ def build_service(
     metrics = Metrics()
 
     def on_stored(kind: RecordKind, record: dict[str, Any], location: str) -> None:
-        pm.hook.record_stored(kind=kind, record=record, location=location)
+        plugin_manager.notify(pm, "record_stored", kind=kind, record=record, location=location)
 
     pipeline = RecordPipeline(
         redactors=[components.redactors[name] for name in collection["redactors"]],

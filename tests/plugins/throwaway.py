@@ -8,6 +8,7 @@ from typing import Any
 from lightspeed_collector import hookimpl
 from lightspeed_collector.types import (
     Answer,
+    AppContext,
     Config,
     ConfigSchema,
     QueryRequest,
@@ -87,3 +88,26 @@ class NotAListPlugin:
     @hookimpl
     def register_redactors(self, config: Config) -> Any:
         return WordRedactor("single", "x")
+
+
+class LifecycleObserver:
+    """Records the lifecycle hooks it sees."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.state_dir: str | None = None
+
+    @hookimpl
+    def startup(self, app_context: AppContext) -> None:
+        self.events.append("startup")
+        self.state_dir = str(app_context.state_dir)
+
+    @hookimpl
+    def shutdown(self) -> None:
+        self.events.append("shutdown")
+
+
+class FailingObserver:
+    @hookimpl
+    def record_stored(self, kind: str, record: dict[str, Any], location: str) -> None:
+        raise RuntimeError("observer bug")

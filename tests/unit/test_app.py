@@ -1,0 +1,142 @@
+"""The app in-process: lifecycle hooks, observers, pinned clock and ids, and no 500 for any
+body a client can send."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from falcon import testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightspeed_collector.config import Config
+from lightspeed_collector.service import Service, build_service
+from lightspeed_collector.web.app import create_app
+from tests.plugins.throwaway import FailingObserver, LifecycleObserver, RecordingObserver
+
+FIXED_TIME = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def observers() -> dict[str, Any]:
+    return {
+        "lifecycle": LifecycleObserver(),
+        "recorder": RecordingObserver(),
+        "failing": FailingObserver(),
+    }
+
+
+@pytest.fixture
+def service(make_config: Callable[..., Config], observers: dict[str, Any]) -> Iterator[Service]:
+    ids = iter(f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 10_000))
+    built = build_service(
+        make_config(), clock=lambda: FIXED_TIME, new_id=lambda: next(ids), extra_plugins=observers
+    )
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def client(service: Service) -> testing.TestClient:
+    return testing.TestClient(create_app(service))
+
+
+def test_lifecycle_and_record_hooks_fire(
+    make_config: Callable[..., Config], observers: dict[str, Any], tmp_path: Path
+) -> None:
+    built = build_service(make_config(), extra_plugins=observers)
+    assert observers["lifecycle"].events == ["startup"]
+    assert observers["lifecycle"].state_dir == str(tmp_path / "state")
+    client = testing.TestClient(create_app(built))
+    response = client.simulate_post("/v1/query", json={"query": "hi"})
+    assert response.status_code == 200  # the failing observer does not fail the request
+    [(kind, record, location)] = observers["recorder"].stored
+    assert kind == "transcript" and Path(location).is_file()
+    assert json.loads(Path(location).read_text()) == record
+    built.close()
+    assert observers["lifecycle"].events == ["startup", "shutdown"]
+
+
+def test_clock_and_ids_are_injected(client: testing.TestClient, tmp_path: Path) -> None:
+    answer = client.simulate_post("/v1/query", json={"query": "hi"}).json
+    assert answer["conversation_id"] == "00000000-0000-4000-8000-000000000001"
+    [path] = (tmp_path / "transcripts").rglob("*.json")
+    assert path.name == "00000000-0000-4000-8000-000000000002.json"
+    assert json.loads(path.read_text())["metadata"]["timestamp"] == "2024-01-01T12:00:00.000000Z"
+
+
+def test_blocked_extra_plugin_is_not_registered(make_config: Callable[..., Config]) -> None:
+    observer = LifecycleObserver()
+    built = build_service(
+        make_config({"plugins": {"disabled": ["lifecycle"]}}), extra_plugins={"lifecycle": observer}
+    )
+    built.close()
+    assert observer.events == []
+
+
+json_bodies = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=12,
+)
+field_values = st.one_of(
+    json_bodies,
+    st.sampled_from(["00000000-0000-4000-8000-000000000001", "a" * 48, -1, 1, 0, "other"]),
+)
+ROUTES = [("POST", "/v1/query"), ("POST", "/v1/feedback"), ("PUT", "/v1/feedback/status")]
+FIELDS = [
+    "query",
+    "conversation_id",
+    "provider",
+    "model",
+    "attachments",
+    "media_type",
+    "user_question",
+    "llm_response",
+    "sentiment",
+    "user_feedback",
+    "categories",
+    "status",
+    "system_prompt",
+]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    route=st.sampled_from(ROUTES),
+    body=st.one_of(json_bodies, st.dictionaries(st.sampled_from(FIELDS), field_values, max_size=6)),
+)
+def test_no_client_body_yields_a_server_error(
+    client: testing.TestClient, route: tuple[str, str], body: Any
+) -> None:
+    method, path = route
+    response = client.simulate_request(
+        method, path, body=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json["detail"]) >= {"response", "cause"}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    raw=st.binary(max_size=64),
+    content_type=st.sampled_from(["application/json", "text/plain", "", "application/x+json"]),
+)
+def test_no_raw_bytes_yield_a_server_error(
+    client: testing.TestClient, raw: bytes, content_type: str
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.simulate_post("/v1/feedback", body=raw, headers=headers)
+    assert response.status_code in (400, 404, 415, 422), response.text
