@@ -54,10 +54,11 @@ class Config:
                 instances[name] = {k: v for k, v in settings.items() if k != "type"}
         return instances
 
-    def resolve_secret(self, settings: Mapping[str, Any], key: str) -> str | None:
+    def resolve_secret(self, settings: Mapping[str, Any], key: str, where: str = "") -> str | None:
         """A secret given as ``key``, ``key_file`` (read now, so rotation needs no restart) or
-        ``key_env``; the first that is set wins. A missing file is a ``ConfigError``."""
-        return resolve_secret(settings, key)
+        ``key_env``; the first that is set wins. A missing file is a ``ConfigError`` whose key
+        path starts with ``where`` (the dotted path of ``settings``)."""
+        return resolve_secret(settings, key, where)
 
     def masked(self) -> dict[str, Any]:
         """The configuration with every secret value replaced, safe to print or log."""
@@ -65,7 +66,8 @@ class Config:
         return masked
 
 
-def resolve_secret(settings: Mapping[str, Any], key: str) -> str | None:
+def resolve_secret(settings: Mapping[str, Any], key: str, where: str = "") -> str | None:
+    prefix = f"{where}." if where else ""
     value = settings.get(key)
     if value is not None:
         return str(value)
@@ -74,11 +76,13 @@ def resolve_secret(settings: Mapping[str, Any], key: str) -> str | None:
         try:
             return Path(path).read_text("utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"{key}_file", f"cannot read {path}: {exc.strerror}") from None
+            raise ConfigError(
+                f"{prefix}{key}_file", f"cannot read {path}: {exc.strerror}"
+            ) from None
     env = settings.get(f"{key}_env")
     if env:
         if env not in os.environ:
-            raise ConfigError(f"{key}_env", f"environment variable {env} is not set")
+            raise ConfigError(f"{prefix}{key}_env", f"environment variable {env} is not set")
         return os.environ[env]
     return None
 
@@ -144,9 +148,17 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         raise ConfigError("", "\n".join(messages))
     collection = data["user_data_collection"]
     for kind in ("feedback", "transcripts"):
-        if collection[f"{kind}_enabled"]:
+        if collection[f"{kind}_storage"] is not None:
             _check_directory(f"user_data_collection.{kind}_storage", collection[f"{kind}_storage"])
     _check_directory("service.state_dir", data["service"]["state_dir"])
+    # Secrets are read again where they are used (so files can rotate); reading them once
+    # here makes a missing file or variable a start-up error instead of a 2 a.m. one.
+    resolve_secret(collection, "user_id_salt", "user_data_collection")
+    collector = collection["data_collector"]
+    if collector["enabled"]:
+        resolve_secret(
+            collector, "ingress_server_auth_token", "user_data_collection.data_collector"
+        )
     return Config(data, source)
 
 

@@ -9,6 +9,7 @@ costs more than the rest of the check.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -29,12 +30,15 @@ CREATE TABLE IF NOT EXISTS conversations (
 class ConversationStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives its -wal and -shm files the database file's mode, so creating the
+        # database owner-only first keeps all three private from the very first start.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        path.chmod(0o600)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
-        path.chmod(0o600)
         self._owners: dict[str, str] = {}
 
     def create(self, conversation_id: str, user_key: str, created_at: str) -> None:

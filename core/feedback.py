@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .conversations import ConversationStore
-from .errors import Forbidden
+from .errors import FieldError, Forbidden, ValidationFailed
 from .records import Clock, Pseudonymizer, RecordPipeline, rfc3339
 from .types import Identity
 
@@ -18,12 +18,14 @@ class FeedbackService:
     def __init__(
         self,
         enabled: bool,
+        storage_configured: bool,
         conversations: ConversationStore,
         pipeline: RecordPipeline,
         pseudonymize: Pseudonymizer,
         clock: Clock,
     ) -> None:
         self._enabled = enabled
+        self._storage_configured = storage_configured
         self._lock = threading.Lock()
         self._conversations = conversations
         self._pipeline = pipeline
@@ -59,6 +61,16 @@ class FeedbackService:
     def set_enabled(self, identity: Identity, enabled: bool) -> dict[str, Any]:
         if ADMIN_ROLE not in identity.roles:
             raise Forbidden("Changing the feedback status requires the admin role")
+        if enabled and not self._storage_configured:
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        ("body", "status"),
+                        "Feedback cannot be enabled: user_data_collection.feedback_storage "
+                        "is not configured",
+                    )
+                ]
+            )
         with self._lock:
             previous, self._enabled = self._enabled, enabled
         return {

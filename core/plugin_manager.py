@@ -7,6 +7,7 @@ short name); nothing in the core refers to any of them except this list.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ def get_plugin_manager(
         if pm.is_blocked(short):
             continue
         pm.register(importlib.import_module(dotted), name=short)
+    _check_entry_point_names(pm)
     try:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     except Exception as exc:
@@ -65,6 +67,25 @@ def get_plugin_manager(
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
         raise PluginError(f"plugin '{name}' implements an unknown hook: {exc}") from None
     return pm
+
+
+def _check_entry_point_names(pm: pluggy.PluginManager) -> None:
+    """pluggy skips an entry point whose name is taken without a word; a plugin that silently
+    does not load is worse than one that refuses to start, so a clash is an error."""
+    seen: dict[str, str] = {}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        name = entry_point.name
+        origin = f"distribution '{entry_point.dist.name}'" if entry_point.dist else "an entry point"
+        if pm.is_blocked(name):
+            continue
+        if pm.get_plugin(name) is not None:
+            raise PluginError(
+                f"plugin name '{name}' from {origin} is already taken by a built-in plugin; "
+                "rename the entry point or list the name in plugins.disabled"
+            )
+        if name in seen:
+            raise PluginError(f"plugin name '{name}' is offered by both {seen[name]} and {origin}")
+        seen[name] = origin
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 IdFactory = Callable[[], str]
 
-# Fields that carry structure, not prose: redacting them could only break the record.
-_STRUCTURAL_KEYS = frozenset(
+# Top-level fields that carry structure, not prose, written by the service itself:
+# redacting them could only break the record. Everything else, at any depth (answers,
+# attachments, RAG chunks, tool calls and results), is free text and is redacted.
+_STRUCTURAL_FIELDS = frozenset(
     {
         "metadata",
         "user_id",
@@ -34,12 +36,12 @@ _STRUCTURAL_KEYS = frozenset(
         "conversation_id",
         "sentiment",
         "categories",
-        "attachment_type",
-        "content_type",
         "truncated",
         "query_is_valid",
     }
 )
+# Inside each attachment only its content is free text; its type fields are enums.
+_ATTACHMENT_STRUCTURAL_FIELDS = frozenset({"attachment_type", "content_type"})
 
 
 def utc_now() -> datetime:
@@ -108,17 +110,29 @@ class RecordPipeline:
         return locations
 
     def redact(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        redacted: dict[str, Any] = self._redact_node(dict(data))
+        redacted: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in _STRUCTURAL_FIELDS:
+                redacted[key] = value
+            elif key == "attachments" and isinstance(value, list):
+                redacted[key] = [self._redact_attachment(item) for item in value]
+            else:
+                redacted[key] = self._redact_node(value)
         return redacted
+
+    def _redact_attachment(self, attachment: Any) -> Any:
+        if not isinstance(attachment, Mapping):
+            return self._redact_node(attachment)
+        return {
+            key: value if key in _ATTACHMENT_STRUCTURAL_FIELDS else self._redact_node(value)
+            for key, value in attachment.items()
+        }
 
     def _redact_node(self, node: Any) -> Any:
         if isinstance(node, str):
             return self._redact_text(node)
         if isinstance(node, Mapping):
-            return {
-                key: value if key in _STRUCTURAL_KEYS else self._redact_node(value)
-                for key, value in node.items()
-            }
+            return {key: self._redact_node(value) for key, value in node.items()}
         if isinstance(node, list | tuple):
             return [self._redact_node(item) for item in node]
         return node

@@ -55,7 +55,7 @@ def build_service(
     collection = config.section("user_data_collection")
     state_dir = Path(config.section("service")["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    salt = config.resolve_secret(collection, "user_id_salt")
+    salt = config.resolve_secret(collection, "user_id_salt", "user_data_collection")
     pseudonymize = Pseudonymizer(salt)
     metrics = Metrics()
 
@@ -90,11 +90,18 @@ def build_service(
         ),
         feedback=FeedbackService(
             enabled=collection["feedback_enabled"],
+            storage_configured=collection["feedback_storage"] is not None,
             conversations=conversations,
             pipeline=pipeline,
             pseudonymize=pseudonymize,
             clock=clock,
         ),
     )
-    pm.hook.startup(app_context=AppContext(config=config, state_dir=state_dir))
+    try:
+        plugin_manager.call_each(
+            pm, "startup", app_context=AppContext(config=config, state_dir=state_dir)
+        )
+    except Exception:
+        conversations.close()
+        raise
     return service

@@ -150,9 +150,8 @@ class FilesystemSink:
                 continue
             # Absolute now, so a later chdir cannot move the storage.
             storage = _Storage(storage_name, record_kind, os.path.abspath(root), max_bytes)
-            # On failure describe() reports it and write() tries again.
-            with contextlib.suppress(OSError):
-                self._make_dirs(storage.root)
+            # Folders are created on first write or readiness probe, not here: building the
+            # sink (as `config check` does) must not touch the disk.
             storage.used = _scan(storage.root)
             storage.last_scan = time.monotonic()
             self._storages[record_kind] = storage
@@ -384,7 +383,9 @@ def register_plugin_config_schema() -> list[ConfigSchema]:
 def register_record_sinks(config: Config) -> list[RecordSink]:
     collection = config.section("user_data_collection")
     settings = config.plugin_settings(NAME)
-    feedback = collection.get("feedback_storage") if collection.get("feedback_enabled") else None
+    # Feedback collection can be switched on at run time (PUT /v1/feedback/status), so its
+    # folder is served whenever one is configured, enabled or not.
+    feedback = collection.get("feedback_storage")
     transcripts = (
         collection.get("transcripts_storage") if collection.get("transcripts_enabled") else None
     )

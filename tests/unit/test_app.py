@@ -4,6 +4,7 @@ body a client can send."""
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,9 @@ from falcon import testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lightspeed_collector import hookimpl
 from lightspeed_collector.config import Config
+from lightspeed_collector.errors import PluginError
 from lightspeed_collector.service import Service, build_service
 from lightspeed_collector.web.app import create_app
 from tests.plugins.throwaway import FailingObserver, LifecycleObserver, RecordingObserver
@@ -140,3 +143,77 @@ def test_no_raw_bytes_yield_a_server_error(
     headers = {"Content-Type": content_type} if content_type else {}
     response = client.simulate_post("/v1/feedback", body=raw, headers=headers)
     assert response.status_code in (400, 404, 415, 422), response.text
+
+
+def test_feedback_cannot_be_enabled_without_storage(make_config: Callable[..., Config]) -> None:
+    config = make_config(
+        {
+            "user_data_collection": {"feedback_enabled": False, "feedback_storage": None},
+            "authentication": {"noop": {"admin_user_ids": ["boss"]}},
+        }
+    )
+    built = build_service(config)
+    client = testing.TestClient(create_app(built))
+    response = client.simulate_put(
+        "/v1/feedback/status", json={"status": True}, params={"user_id": "boss"}
+    )
+    assert response.status_code == 422
+    assert "feedback_storage is not configured" in response.json["detail"]["errors"][0]["msg"]
+    assert client.simulate_get("/v1/feedback/status").json["status"]["enabled"] is False
+    built.close()
+
+
+def test_feedback_enabled_at_run_time_is_stored(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    config = make_config(
+        {
+            "user_data_collection": {"feedback_enabled": False},
+            "authentication": {"noop": {"admin_user_ids": ["boss"]}},
+        }
+    )
+    built = build_service(config)
+    client = testing.TestClient(create_app(built))
+    conversation_id = client.simulate_post("/v1/query", json={"query": "hi"}).json[
+        "conversation_id"
+    ]
+    body = {
+        "conversation_id": conversation_id,
+        "user_question": "q",
+        "llm_response": "r",
+        "sentiment": 1,
+    }
+    assert client.simulate_post("/v1/feedback", json=body).status_code == 403
+    assert (
+        client.simulate_put(
+            "/v1/feedback/status", json={"status": True}, params={"user_id": "boss"}
+        ).status_code
+        == 200
+    )
+    assert client.simulate_post("/v1/feedback", json=body).status_code == 200
+    assert len(list((tmp_path / "feedback").glob("*.json"))) == 1
+    built.close()
+
+
+class BrokenStartup:
+    @hookimpl
+    def startup(self, app_context: Any) -> None:
+        raise RuntimeError("cannot reach the audit database")
+
+
+def test_a_failing_startup_hook_is_a_plugin_error_naming_the_plugin(
+    make_config: Callable[..., Config],
+) -> None:
+    with pytest.raises(
+        PluginError, match="plugin 'auditor' failed in startup: cannot reach the audit database"
+    ):
+        build_service(make_config(), extra_plugins={"auditor": BrokenStartup()})
+
+
+def test_state_files_are_private_from_the_first_start(service: Service, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    files = sorted(state.iterdir())
+    assert files, "the conversations database exists"
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700

@@ -277,3 +277,25 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     result = run_cli("serve", "-c", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert "service.port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_secret_is_a_start_up_error_naming_the_full_key(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"^user_data_collection\.user_id_salt_file: cannot read"):
+        make_config({"user_data_collection": {"user_id_salt_file": str(tmp_path / "absent")}})
+    with pytest.raises(
+        ConfigError,
+        match=r"^user_data_collection\.user_id_salt_env: environment variable NOPE_NOT_SET",
+    ):
+        make_config({"user_data_collection": {"user_id_salt_env": "NOPE_NOT_SET"}})
+
+
+def test_config_check_has_no_side_effects(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"service: {{state_dir: {tmp_path / 'state'}}}\n"
+        f"user_data_collection: {{feedback_storage: {tmp_path / 'fb'}, transcripts_storage: {tmp_path / 'tr'}}}\n"
+    )
+    assert run_cli("config", "check", "-c", str(path), cwd=tmp_path).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -78,7 +78,13 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def sink(roots: tuple[Path, Path]) -> FilesystemSink:
-    return FilesystemSink(*roots)
+    return ready(FilesystemSink(*roots))
+
+
+def ready(sink: FilesystemSink) -> FilesystemSink:
+    """Create the roots as the readiness probe (or the first write) would."""
+    sink.describe()
+    return sink
 
 
 def test_feedback_is_one_utf8_json_file_named_after_the_record(
@@ -155,6 +161,9 @@ def test_no_temporary_file_is_left_behind(sink: FilesystemSink, roots: tuple[Pat
 def test_fsync_flushes_the_file_then_its_directory(roots: tuple[Path, Path]) -> None:
     counter = FsyncCounter()
     sink = FilesystemSink(*roots, fsync_function=counter)
+    # Building the sink touches nothing (so `config check` has no side effects).
+    assert counter.kinds == [] and not roots[0].exists()
+    assert sink.describe().ready
     # Creating the roots flushed their parents.
     assert counter.kinds and set(counter.kinds) == {"dir"}
 
@@ -185,7 +194,7 @@ def test_fsync_off_never_flushes(roots: tuple[Path, Path]) -> None:
 
 def test_a_failed_flush_leaves_nothing_and_reports_full_storage(roots: tuple[Path, Path]) -> None:
     counter = FsyncCounter()
-    sink = FilesystemSink(*roots, fsync_function=counter)
+    sink = ready(FilesystemSink(*roots, fsync_function=counter))
     before = sink.describe().details["feedback"]["bytes_used"]
     counter.fail_on = len(counter.kinds) + 1
 
@@ -199,7 +208,7 @@ def test_a_failed_flush_leaves_nothing_and_reports_full_storage(roots: tuple[Pat
 
 def test_other_failures_name_the_directory_never_the_content(roots: tuple[Path, Path]) -> None:
     counter = FsyncCounter(error=errno.EIO)
-    sink = FilesystemSink(*roots, fsync_function=counter)
+    sink = ready(FilesystemSink(*roots, fsync_function=counter))
     counter.fail_on = len(counter.kinds) + 1
     record = feedback(text="my secret feedback")
 
@@ -213,7 +222,7 @@ def test_other_failures_name_the_directory_never_the_content(roots: tuple[Path, 
 
 def test_a_failed_directory_flush_removes_the_record(roots: tuple[Path, Path]) -> None:
     counter = FsyncCounter(error=errno.EIO)
-    sink = FilesystemSink(*roots, fsync_function=counter)
+    sink = ready(FilesystemSink(*roots, fsync_function=counter))
     counter.fail_on = len(counter.kinds) + 2
 
     with pytest.raises(StorageFailed):
@@ -353,7 +362,7 @@ def test_disabled_storage_refuses_its_records(tmp_path: Path) -> None:
 
 def test_concurrent_writers_store_every_record_whole(roots: tuple[Path, Path]) -> None:
     counter = FsyncCounter()
-    sink = FilesystemSink(*roots, fsync_function=counter)
+    sink = ready(FilesystemSink(*roots, fsync_function=counter))
     counter.kinds.clear()
     written: list[str] = []
     errors: list[BaseException] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pluggy
 import pytest
@@ -129,3 +130,47 @@ def test_provider_instances_and_authenticator_settings_are_checked(
         match=r"authentication\.api-key: settings for 'api-key', but the module in use is 'noop'",
     ):
         plugin_manager.load(make_config({"authentication": {"api-key": {"keys": []}}}))
+
+
+def install_entry_point(site: Path, distribution: str, name: str, target: str) -> None:
+    """A real distribution's metadata on sys.path, as pip would leave it."""
+    info = site / f"{distribution}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[lightspeed_collector]\n{name} = {target}\n")
+
+
+def test_entry_point_taking_a_builtin_name_is_an_error(
+    make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_entry_point(tmp_path, "imposter", "regex", "tests.plugins.throwaway")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        PluginError, match="plugin name 'regex' from distribution 'imposter' is already taken"
+    ):
+        get_plugin_manager(make_config())
+    # Blocking the built-in lets the distribution's plugin take the name on purpose.
+    pm = get_plugin_manager(make_config({"plugins": {"disabled": ["regex"]}}))
+    assert pm.get_plugin("regex") is None
+
+
+def test_two_distributions_offering_one_name_is_an_error(
+    make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_entry_point(tmp_path, "first-dist", "auditor", "tests.plugins.throwaway")
+    install_entry_point(tmp_path, "second-dist", "auditor", "tests.plugins.throwaway")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="plugin name 'auditor' is offered by both"):
+        get_plugin_manager(make_config())
+
+
+def test_an_entry_point_plugin_is_loaded_with_its_distribution(
+    make_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_entry_point(tmp_path, "shouting-plugin", "shouter", "tests.plugins.entry_point_plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = make_config()
+    pm = get_plugin_manager(config)
+    info = next(info for info in describe_plugins(pm) if info.name == "shouter")
+    assert (info.source, info.version) == ("distribution shouting-plugin", "1.0")
+    assert "shout" in collect_components(config, pm).providers

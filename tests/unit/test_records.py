@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -119,3 +120,38 @@ def test_timestamps_are_rfc3339_utc() -> None:
     moment = datetime(2024, 1, 1, 13, 0, 0, 120000, tzinfo=timezone(timedelta(hours=1)))
     assert rfc3339(moment) == "2024-01-01T12:00:00.120000Z"
     assert rfc3339(datetime(2024, 1, 1, tzinfo=UTC)) == "2024-01-01T00:00:00.000000Z"
+
+
+def test_free_text_is_redacted_at_any_depth_but_structure_is_kept() -> None:
+    sink = ListSink()
+    record = {
+        "metadata": {
+            "provider": "apple",
+            "model": "m",
+            "query_provider": None,
+            "query_model": None,
+            "user_id": USER_KEY,
+            "conversation_id": CONVERSATION,
+            "timestamp": "2024-01-01T12:00:00Z",
+        },
+        "redacted_query": "apple?",
+        "query_is_valid": True,
+        "llm_response": "apple.",
+        "rag_chunks": [{"text": "apple", "metadata": {"source": "apple.txt", "nested": ["apple"]}}],
+        "truncated": False,
+        "attachments": [
+            {"attachment_type": "log", "content_type": "text/plain", "content": "apple log"}
+        ],
+        "tool_calls": [{"name": "lookup", "args": {"metadata": "apple"}}],
+    }
+    pipeline([WordRedactor("w", "apple")], sink).store("transcript", record, USER_KEY, CONVERSATION)
+    stored = sink.records[0].data
+    assert stored["metadata"]["provider"] == "apple"  # written by the service, not free text
+    assert stored["rag_chunks"] == [
+        {"text": "[WORD]", "metadata": {"source": "[WORD].txt", "nested": ["[WORD]"]}}
+    ]
+    assert stored["attachments"] == [
+        {"attachment_type": "log", "content_type": "text/plain", "content": "[WORD] log"}
+    ]
+    assert stored["tool_calls"] == [{"name": "lookup", "args": {"metadata": "[WORD]"}}]
+    assert "apple" not in json.dumps({k: v for k, v in stored.items() if k != "metadata"})
