@@ -1,16 +1,27 @@
-"""Answering a question: pick the provider, check the conversation, ask, record a transcript."""
+"""Answering a question: pick the provider, check the conversation, ask, record a transcript.
+
+``ask`` answers in one piece; ``stream`` hands out the answer as the provider produces it and
+records the transcript once, when the stream ends, fails, or is abandoned by the client.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .conversations import ConversationStore
-from .errors import FieldError, ValidationFailed
+from .errors import CollectorError, FieldError, ProviderFailed, ValidationFailed
 from .records import Clock, IdFactory, Pseudonymizer, RecordPipeline, rfc3339
 from .types import Answer, Attachment, Identity, QueryProvider, QueryRequest
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_MODEL = "unknown"
 
 _IMAGE_MAGIC = {
     "image/png": b"\x89PNG\r\n\x1a\n",
@@ -41,6 +52,29 @@ class QueryService:
 
     def ask(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
         """``body`` has passed the query request schema; the answer is the response body."""
+        prepared = self._prepare(identity, body)
+        answer = prepared.provider.answer(prepared.request)
+        self._record(prepared, answer)
+        return {
+            "conversation_id": prepared.request.conversation_id,
+            "response": answer.text,
+            "rag_chunks": [dict(chunk) for chunk in answer.rag_chunks],
+            "referenced_documents": [dict(doc) for doc in answer.referenced_documents],
+            "truncated": answer.truncated,
+            "input_tokens": answer.input_tokens,
+            "output_tokens": answer.output_tokens,
+        }
+
+    def stream(self, identity: Identity, body: Mapping[str, Any]) -> StreamedQuery:
+        """Start answering ``body`` (checked like ``ask``'s) piece by piece.
+
+        Every check, and the provider's first chunk, happen here, so whatever fails before
+        the client has seen anything is raised as an ordinary error with its HTTP status.
+        """
+        prepared = self._prepare(identity, body)
+        return StreamedQuery(prepared, self._record)
+
+    def _prepare(self, identity: Identity, body: Mapping[str, Any]) -> _Prepared:
         user_key = self._pseudonymize(identity.user_id)
         provider = self._provider(body.get("provider"))
         attachments = _attachments(body.get("attachments") or [])
@@ -61,22 +95,17 @@ class QueryService:
             attachments=attachments,
             media_type=body.get("media_type"),
         )
-        answer = provider.answer(request)
+        return _Prepared(request, provider, user_key, is_new)
+
+    def _record(self, prepared: _Prepared, answer: Answer) -> None:
+        """The conversation exists from its first answer on, and that answer is transcribed."""
         now = rfc3339(self._clock())
-        if is_new:
-            self._conversations.create(conversation_id, user_key, now)
+        request = prepared.request
+        if prepared.is_new:
+            self._conversations.create(request.conversation_id, prepared.user_key, now)
         if self._transcripts_enabled:
-            record = transcript(request, provider.name, answer, user_key, now)
-            self._pipeline.store("transcript", record, user_key, conversation_id)
-        return {
-            "conversation_id": conversation_id,
-            "response": answer.text,
-            "rag_chunks": [dict(chunk) for chunk in answer.rag_chunks],
-            "referenced_documents": [dict(doc) for doc in answer.referenced_documents],
-            "truncated": answer.truncated,
-            "input_tokens": answer.input_tokens,
-            "output_tokens": answer.output_tokens,
-        }
+            record = transcript(request, prepared.provider.name, answer, prepared.user_key, now)
+            self._pipeline.store("transcript", record, prepared.user_key, request.conversation_id)
 
     def _provider(self, name: str | None) -> QueryProvider:
         chosen = name or self._default_provider
@@ -93,6 +122,134 @@ class QueryService:
                 response="Unknown provider",
             )
         return provider
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked request and the provider that will answer it."""
+
+    request: QueryRequest
+    provider: QueryProvider
+    user_key: str
+    is_new: bool
+
+
+class StreamedQuery:
+    """One answer on its way to a client, chunk by chunk.
+
+    Iterate it for the text chunks, then call ``complete()``; if the client goes away call
+    ``close()`` instead. Either way the transcript is stored exactly once: the whole answer
+    after ``complete()``, or what was produced so far, marked ``truncated``, after a provider
+    failure or a ``close()`` before the provider finished.
+    """
+
+    def __init__(self, prepared: _Prepared, record: Callable[[_Prepared, Answer], None]) -> None:
+        self.conversation_id = prepared.request.conversation_id
+        self._prepared = prepared
+        self._record = record
+        self._chunks: list[str] = []
+        self._summary: Answer | None = None
+        self._exhausted = False
+        self._failed = False
+        self._settled = False
+        self._lock = threading.Lock()
+        self._source: Iterator[str] = iter(prepared.provider.stream(prepared.request))
+        try:
+            self._pending = self._next_chunk()
+        except BaseException:
+            self._close_source()
+            raise
+
+    def __iter__(self) -> Iterator[str]:
+        """The chunks; raises a ``CollectorError`` if the provider fails part way."""
+        while self._pending is not None:
+            chunk, self._pending = self._pending, None
+            self._chunks.append(chunk)
+            yield chunk
+            try:
+                self._pending = self._next_chunk()
+            except CollectorError:
+                self._failed = True
+                raise
+            except Exception as exc:
+                self._failed = True
+                log.exception("provider %s failed while streaming", self._prepared.provider.name)
+                raise ProviderFailed(
+                    f"Provider '{self._prepared.provider.name}' failed while streaming the answer"
+                ) from exc
+
+    def complete(self) -> Answer:
+        """Store the transcript of the finished (or failed) stream; returns what was answered."""
+        answer = self._final_answer(interrupted=False)
+        if self._settle():
+            self._record(self._prepared, answer)
+        return answer
+
+    def close(self) -> None:
+        """The client is gone: stop the provider and keep what it produced. Never raises."""
+        if not self._settle():
+            return
+        try:
+            self._record(self._prepared, self._final_answer(interrupted=True))
+        except Exception:
+            log.exception(
+                "the transcript of an interrupted stream in conversation %s was not stored",
+                self.conversation_id,
+            )
+
+    def _settle(self) -> bool:
+        """True exactly once: whoever gets it stores the transcript."""
+        with self._lock:
+            first, self._settled = not self._settled, True
+        if first:
+            self._close_source()
+        return first
+
+    def _next_chunk(self) -> str | None:
+        """The next non-empty chunk, or None once the provider is done."""
+        if self._exhausted:
+            return None
+        while True:
+            try:
+                chunk = next(self._source)
+            except StopIteration as stop:
+                self._exhausted = True
+                self._summary = stop.value if isinstance(stop.value, Answer) else None
+                return None
+            if chunk:
+                return chunk
+
+    def _close_source(self) -> None:
+        close = getattr(self._source, "close", None)
+        if close is None:
+            return
+        try:
+            close()
+        except Exception:
+            log.exception("provider %s failed to close its stream", self._prepared.provider.name)
+
+    def _final_answer(self, interrupted: bool) -> Answer:
+        text = "".join(self._chunks)
+        cut_short = self._failed or (interrupted and not self._exhausted)
+        summary = self._summary
+        if summary is None:
+            return Answer(
+                text=text,
+                model=self._prepared.request.model or UNKNOWN_MODEL,
+                output_tokens=len(self._chunks),
+                truncated=cut_short,
+            )
+        return Answer(
+            text=text,
+            model=summary.model,
+            input_tokens=summary.input_tokens,
+            output_tokens=summary.output_tokens,
+            truncated=cut_short or summary.truncated,
+            rag_chunks=summary.rag_chunks,
+            referenced_documents=summary.referenced_documents,
+            tool_calls=summary.tool_calls,
+            tool_results=summary.tool_results,
+        )
 
 
 def transcript(

@@ -6,11 +6,12 @@ default for trying the service and the provider of choice in tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from lightspeed_collector import hookimpl
 from lightspeed_collector.types import (
     Answer,
+    AnswerStream,
     Config,
     ConfigSchema,
     FieldError,
@@ -52,11 +53,12 @@ class EchoProvider:
             output_tokens=_count_tokens(text),
         )
 
-    def stream(self, request: QueryRequest) -> Iterator[str]:
-        self._model(request)
-        words = self._text(request).split(" ")
+    def stream(self, request: QueryRequest) -> AnswerStream:
+        answer = self.answer(request)
+        words = answer.text.split(" ")
         for index, word in enumerate(words):
             yield word if index == len(words) - 1 else word + " "
+        return answer
 
     def _model(self, request: QueryRequest) -> str:
         if request.model is None:

@@ -1,0 +1,264 @@
+"""The ``api-key`` authenticator: ``Authorization: Bearer <key>``, keys mapped to users.
+
+Keys come from the configuration (plain ``key`` or its ``key_sha256``) and from an optional
+``keys_file`` that is read again whenever it changes, so keys can be added or revoked
+without a restart. Only SHA-256 digests are kept in memory, and a presented key is compared
+against every known digest with ``hmac.compare_digest``, so neither the outcome's timing
+nor the order of the keys tells an attacker anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from lightspeed_collector import hookimpl
+from lightspeed_collector.types import (
+    Authenticator,
+    AuthRequest,
+    Config,
+    ConfigError,
+    ConfigSchema,
+    Identity,
+    Unauthorized,
+)
+
+log = logging.getLogger(__name__)
+
+MODULE = "api-key"
+
+KEY_ENTRY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["user_id"],
+    "properties": {
+        "key": {
+            "type": "string",
+            "minLength": 12,
+            "description": "The key itself (at least 12 characters).",
+            "x-messages": {
+                "minLength": "keys must be at least 12 characters long",
+                "type": "a key must be a string",
+            },
+        },
+        "key_sha256": {
+            "type": "string",
+            "pattern": "^[0-9a-fA-F]{64}$",
+            "description": "Hex SHA-256 of the key, so the key need not be written down.",
+            "x-messages": {"pattern": "'{value}' is not a hex SHA-256 digest (64 hex digits)"},
+        },
+        "user_id": {"type": "string", "minLength": 1, "description": "Who holds the key."},
+        "username": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Display name; the user id when absent.",
+        },
+        "roles": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "description": "Roles of the holder; `admin` may switch feedback collection.",
+        },
+    },
+    "oneOf": [{"required": ["key"]}, {"required": ["key_sha256"]}],
+    "x-messages": {"oneOf": "give exactly one of key and key_sha256"},
+}
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "keys": {
+            "type": "array",
+            "items": KEY_ENTRY_SCHEMA,
+            "description": "Keys and who holds them.",
+        },
+        "keys_file": {
+            "type": "string",
+            "minLength": 1,
+            "description": "YAML or JSON list of key entries, read again when it changes.",
+        },
+    },
+    "anyOf": [{"required": ["keys"]}, {"required": ["keys_file"]}],
+    "x-messages": {"anyOf": "give keys, keys_file, or both"},
+}
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    digest: bytes
+    identity: Identity
+
+
+class KeysFile:
+    """The entries of ``keys_file``, re-read when its modification time, size or inode
+    changes. A file that turns unparseable at run time keeps the last good entries in force
+    (and says so in the log), so a typo does not lock every user out; a file that is removed
+    takes its keys with it."""
+
+    def __init__(self, path: Path, configured: frozenset[bytes]) -> None:
+        self.path = path
+        self._configured = configured
+        self._lock = threading.Lock()
+        self._signature: tuple[int, int, int] | None = None
+        self._entries: tuple[KeyEntry, ...] = ()
+        try:
+            self._signature = _signature(path)
+            self._entries = _parse_entries(_load_list(path), str(path), configured)
+        except OSError as exc:
+            raise ConfigError(
+                f"authentication.{MODULE}.keys_file", f"cannot read {path}: {exc.strerror}"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"authentication.{MODULE}.keys_file", str(exc)) from None
+
+    def entries(self) -> tuple[KeyEntry, ...]:
+        try:
+            signature: tuple[int, int, int] | None = _signature(self.path)
+        except OSError:
+            signature = None
+        with self._lock:
+            if signature == self._signature:
+                return self._entries
+            self._signature = signature
+            if signature is None:
+                # A removed file revokes its keys: deleting it must not leave them working.
+                log.error("api-key: %s is gone; none of its keys are accepted", self.path)
+                self._entries = ()
+                return self._entries
+            try:
+                self._entries = _parse_entries(
+                    _load_list(self.path), str(self.path), self._configured
+                )
+                log.info("api-key: loaded %d keys from %s", len(self._entries), self.path)
+            except (OSError, ValueError) as exc:
+                log.error("api-key: %s; keeping the keys loaded before", exc)
+            return self._entries
+
+
+class ApiKeyAuthenticator:
+    name = MODULE
+
+    def __init__(self, entries: Sequence[KeyEntry], keys_file: KeysFile | None) -> None:
+        self._entries = tuple(entries)
+        self._keys_file = keys_file
+
+    def authenticate(self, request: AuthRequest) -> Identity:
+        header = request.headers.get("authorization")
+        if not header:
+            raise Unauthorized("No Authorization header found")
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise Unauthorized("No token found in Authorization header")
+        digest = hashlib.sha256(key.encode("utf-8")).digest()
+        entries = self._entries + (self._keys_file.entries() if self._keys_file else ())
+        found: Identity | None = None
+        # Every entry is compared, match or not, so the time taken reveals nothing.
+        for entry in entries:
+            if hmac.compare_digest(entry.digest, digest):
+                found = entry.identity
+        if found is None:
+            raise Unauthorized("Invalid API key")
+        return found
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def _load_list(path: Path) -> Any:
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML or JSON: {exc}") from None
+    if isinstance(data, Mapping) and set(data) == {"keys"}:
+        data = data["keys"]
+    return data if data is not None else []
+
+
+def _parse_entries(
+    raw: Any, where: str, configured: frozenset[bytes] = frozenset()
+) -> tuple[KeyEntry, ...]:
+    """Check key entries against their schema and keep only digests and identities.
+
+    A key must name one user, so a key listed twice, or already in ``configured`` (the keys
+    of the configuration file), is an error."""
+    if not isinstance(raw, list):
+        raise ValueError(f"{where} must hold a list of key entries")
+    validator = Draft202012Validator(KEY_ENTRY_SCHEMA)
+    entries: list[KeyEntry] = []
+    seen: dict[bytes, int] = {}
+    for index, item in enumerate(raw):
+        errors = sorted(validator.iter_errors(item), key=lambda e: list(map(str, e.path)))
+        if errors:
+            raise ValueError(f"{where}[{index}]: {_entry_message(errors[0])}")
+        if "key" in item:
+            digest = hashlib.sha256(item["key"].encode("utf-8")).digest()
+        else:
+            digest = bytes.fromhex(item["key_sha256"])
+        if digest in seen:
+            raise ValueError(f"{where}[{index}]: the same key as entry {seen[digest]}")
+        if digest in configured:
+            raise ValueError(
+                f"{where}[{index}]: the same key as an entry of authentication.{MODULE}.keys"
+            )
+        seen[digest] = index
+        identity = Identity(
+            user_id=item["user_id"],
+            username=item.get("username", item["user_id"]),
+            roles=frozenset(item.get("roles", [])),
+        )
+        entries.append(KeyEntry(digest, identity))
+    return tuple(entries)
+
+
+def _entry_message(error: ValidationError) -> str:
+    field = ".".join(map(str, error.path))
+    keyword = error.validator
+    if keyword == "required" and isinstance(error.instance, Mapping):
+        required = error.validator_value if isinstance(error.validator_value, list) else []
+        missing = [name for name in required if name not in error.instance]
+        return f"{', '.join(missing)}: required"
+    if keyword == "oneOf":
+        return "give exactly one of key and key_sha256"
+    if keyword == "minLength" and field == "key":
+        return "key: keys must be at least 12 characters long"
+    # The schema's own message would quote the key; name the field instead.
+    if field in ("key", "key_sha256"):
+        return f"{field}: not a valid value ({keyword})"
+    return f"{field}: {error.message}" if field else error.message
+
+
+@hookimpl
+def register_plugin_config_schema() -> list[ConfigSchema]:
+    return [ConfigSchema(section="authenticator", name=MODULE, schema=SETTINGS_SCHEMA)]
+
+
+@hookimpl
+def register_authenticators(config: Config) -> list[Authenticator]:
+    settings = config.authenticator_settings(MODULE)
+    try:
+        entries = _parse_entries(settings.get("keys", []), f"authentication.{MODULE}.keys")
+    except ValueError as exc:
+        raise ConfigError("", str(exc)) from None
+    configured = frozenset(entry.digest for entry in entries)
+    keys_file = (
+        KeysFile(Path(settings["keys_file"]), configured) if settings.get("keys_file") else None
+    )
+    return [ApiKeyAuthenticator(entries, keys_file)]

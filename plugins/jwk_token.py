@@ -1,0 +1,464 @@
+"""The ``jwk-token`` authenticator: a JWT from an identity provider, checked with PyJWT.
+
+The signing keys come from the provider's JWKS URL (cached; fetched again when a token names
+a key id that is not cached, at most every ``jwks_min_refresh_seconds``, so a flood of made-up
+key ids cannot turn into a flood of fetches) or from a local JWKS or PEM file (read again
+when it changes). Only asymmetric algorithms are accepted; ``exp`` is required, ``iss`` and
+``aud`` are checked when configured, all with a small leeway for clock skew. Which claims
+carry the user id, the user name and the roles is configurable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from lightspeed_collector import hookimpl
+from lightspeed_collector.types import (
+    Authenticator,
+    AuthRequest,
+    CollectorError,
+    Config,
+    ConfigError,
+    ConfigSchema,
+    Identity,
+    Unauthorized,
+)
+
+log = logging.getLogger(__name__)
+
+MODULE = "jwk-token"
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+DEFAULTS: dict[str, Any] = {
+    "user_id_claim": "sub",
+    "username_claim": "preferred_username",
+    "roles_claim": "roles",
+    "admin_roles": ["admin"],
+    "leeway_seconds": 30,
+    "jwks_cache_seconds": 3600,
+    "jwks_timeout_seconds": 5,
+    "jwks_min_refresh_seconds": 10,
+}
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "jwks_url": {
+            "type": "string",
+            "pattern": "^https?://",
+            "description": "The identity provider's JWKS document.",
+            "x-messages": {"pattern": "'{value}' is not an http:// or https:// URL"},
+        },
+        "jwks_file": {
+            "type": "string",
+            "minLength": 1,
+            "description": "A local JWKS (JSON) or PEM public key/certificate file.",
+        },
+        "issuer": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The `iss` every token must carry; unchecked when absent.",
+        },
+        "audience": {
+            "description": "Accepted `aud` value(s); a token must carry one of them. "
+            "Unchecked when absent.",
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            ],
+        },
+        "algorithms": {
+            "type": "array",
+            "items": {"enum": list(ASYMMETRIC_ALGORITHMS)},
+            "minItems": 1,
+            "default": list(ASYMMETRIC_ALGORITHMS),
+            "description": "Accepted signing algorithms (asymmetric only).",
+        },
+        "user_id_claim": {
+            "type": "string",
+            "minLength": 1,
+            "default": DEFAULTS["user_id_claim"],
+            "description": "Claim holding the user id; a dotted path reaches into nested claims.",
+        },
+        "username_claim": {
+            "type": "string",
+            "minLength": 1,
+            "default": DEFAULTS["username_claim"],
+            "description": "Claim holding the user name (the user id when absent).",
+        },
+        "roles_claim": {
+            "type": "string",
+            "minLength": 1,
+            "default": DEFAULTS["roles_claim"],
+            "description": "Claim holding the roles: a list, or a space-separated string; "
+            "e.g. realm_access.roles for Keycloak.",
+        },
+        "admin_roles": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "default": DEFAULTS["admin_roles"],
+            "description": "Roles from the token that grant the service's `admin` role.",
+        },
+        "leeway_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 600,
+            "default": DEFAULTS["leeway_seconds"],
+            "description": "Clock skew allowed when checking exp, nbf and iat.",
+        },
+        "jwks_cache_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": DEFAULTS["jwks_cache_seconds"],
+            "description": "How long fetched keys are used before the JWKS is fetched again.",
+        },
+        "jwks_timeout_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": DEFAULTS["jwks_timeout_seconds"],
+            "description": "Timeout for fetching the JWKS.",
+        },
+        "jwks_min_refresh_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "default": DEFAULTS["jwks_min_refresh_seconds"],
+            "description": "Least time between two fetches caused by tokens naming an unknown key.",
+        },
+    },
+    "oneOf": [{"required": ["jwks_url"]}, {"required": ["jwks_file"]}],
+    "x-messages": {"oneOf": "give exactly one of jwks_url and jwks_file"},
+}
+
+
+class SigningKeysUnavailable(CollectorError):
+    """The identity provider's keys cannot be fetched: the service's problem, not the
+    client's, so not a 401 that would make a client throw away a good token."""
+
+    status = 503
+    response = "Cannot verify credentials right now"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    key_id: str | None
+    key: Any
+    algorithm: str | None
+    """The algorithm the key is restricted to, when its JWK says so."""
+
+
+class KeySource(Protocol):
+    def keys(self, key_id: str | None) -> Sequence[SigningKey]: ...
+
+
+class JwksUrl:
+    def __init__(
+        self, url: str, timeout: float, cache_seconds: float, min_refresh_seconds: float
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.cache_seconds = cache_seconds
+        self.min_refresh_seconds = min_refresh_seconds
+        self._keys: tuple[SigningKey, ...] = ()
+        self._fetched_at: float | None = None
+        self._lock = threading.Lock()
+
+    def keys(self, key_id: str | None) -> Sequence[SigningKey]:
+        with self._lock:
+            now = time.monotonic()
+            stale = self._fetched_at is None or now - self._fetched_at >= self.cache_seconds
+            unknown = key_id is not None and all(k.key_id != key_id for k in self._keys)
+            may_refresh = (
+                self._fetched_at is None or now - self._fetched_at >= self.min_refresh_seconds
+            )
+            if stale or (unknown and may_refresh):
+                self._refresh(now)
+            return self._keys
+
+    def _refresh(self, now: float) -> None:
+        try:
+            response = requests.get(
+                self.url, timeout=self.timeout, headers={"Accept": "application/json"}
+            )
+            response.raise_for_status()
+            keys = _keys_from_jwks(response.json())
+        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+            if self._keys:
+                log.warning("jwk-token: cannot refresh %s (%s); using cached keys", self.url, exc)
+                self._fetched_at = now
+                return
+            log.error("jwk-token: cannot fetch signing keys from %s: %s", self.url, exc)
+            raise SigningKeysUnavailable(
+                "The identity provider's signing keys cannot be fetched; try again later"
+            ) from None
+        log.info("jwk-token: fetched %d signing keys from %s", len(keys), self.url)
+        self._keys = keys
+        self._fetched_at = now
+
+
+class KeyFile:
+    """A JWKS or PEM file, read again whenever it changes so keys rotate without a restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._signature = _signature(path)
+            self._keys = _keys_from_file(path)
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            raise ConfigError(f"authentication.{MODULE}.jwks_file", _describe(exc)) from None
+
+    def keys(self, key_id: str | None) -> Sequence[SigningKey]:
+        try:
+            signature = _signature(self.path)
+        except OSError:
+            return self._keys
+        with self._lock:
+            if signature != self._signature:
+                self._signature = signature
+                try:
+                    self._keys = _keys_from_file(self.path)
+                    log.info("jwk-token: loaded %d keys from %s", len(self._keys), self.path)
+                except (OSError, ValueError, jwt.PyJWTError) as exc:
+                    log.error("jwk-token: %s: %s; keeping the keys loaded before", self.path, exc)
+            return self._keys
+
+
+class NoKeys:
+    """Stands in while another authenticator is selected; never accepts anything."""
+
+    def keys(self, key_id: str | None) -> Sequence[SigningKey]:
+        raise Unauthorized("The jwk-token authenticator is not configured")
+
+
+class JwkTokenAuthenticator:
+    name = MODULE
+
+    def __init__(self, source: KeySource, settings: Mapping[str, Any]) -> None:
+        options = {**DEFAULTS, **settings}
+        self._source = source
+        self._issuer: str | None = options.get("issuer")
+        audience = options.get("audience")
+        self._audience: list[str] | None = [audience] if isinstance(audience, str) else audience
+        self._algorithms: list[str] = list(options.get("algorithms", ASYMMETRIC_ALGORITHMS))
+        self._leeway = float(options["leeway_seconds"])
+        self._user_id_claim: str = options["user_id_claim"]
+        self._username_claim: str = options["username_claim"]
+        self._roles_claim: str = options["roles_claim"]
+        self._admin_roles = frozenset(options["admin_roles"])
+
+    def authenticate(self, request: AuthRequest) -> Identity:
+        header = request.headers.get("authorization")
+        if not header:
+            raise Unauthorized("No Authorization header found")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("No token found in Authorization header")
+        claims = self._verified_claims(token)
+        return self._identity(claims)
+
+    def _verified_claims(self, token: str) -> Mapping[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("Invalid token: it is not a well-formed JWT") from None
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
+            raise Unauthorized(f"Invalid token: signing algorithm '{algorithm}' is not accepted")
+        key_id = header.get("kid")
+        key_id = key_id if isinstance(key_id, str) else None
+        candidates = [
+            key
+            for key in self._source.keys(key_id)
+            if (key_id is None or key.key_id in (key_id, None))
+            and key.algorithm in (None, algorithm)
+        ]
+        if not candidates:
+            if key_id is not None:
+                raise Unauthorized(f"Invalid token: signing key '{key_id}' is not known")
+            raise Unauthorized("Invalid token: no signing key fits it")
+        for candidate in candidates:
+            try:
+                claims: Mapping[str, Any] = jwt.decode(
+                    token,
+                    candidate.key,
+                    algorithms=[algorithm],
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    leeway=self._leeway,
+                    options={
+                        "require": ["exp"],
+                        "verify_aud": self._audience is not None,
+                    },
+                )
+                return claims
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError):
+                continue
+            except jwt.PyJWTError as exc:
+                raise Unauthorized(_token_problem(exc)) from None
+        raise Unauthorized("Invalid token: signature verification failed")
+
+    def _identity(self, claims: Mapping[str, Any]) -> Identity:
+        user_id = _claim(claims, self._user_id_claim)
+        if not isinstance(user_id, str | int) or isinstance(user_id, bool) or user_id == "":
+            raise Unauthorized(f"Invalid token: no user id in claim '{self._user_id_claim}'")
+        username = _claim(claims, self._username_claim)
+        roles = _roles(_claim(claims, self._roles_claim))
+        if roles & self._admin_roles:
+            roles |= {"admin"}
+        return Identity(
+            user_id=str(user_id),
+            username=username if isinstance(username, str) and username else str(user_id),
+            roles=frozenset(roles),
+        )
+
+
+def _claim(claims: Mapping[str, Any], path: str) -> Any:
+    """A claim by name, or by dotted path into nested claims (``realm_access.roles``)."""
+    if path in claims:
+        return claims[path]
+    node: Any = claims
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _roles(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return set(value.split())
+    if isinstance(value, list):
+        return {item for item in value if isinstance(item, str) and item}
+    return set()
+
+
+def _token_problem(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "Token has expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "Token is not valid yet"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "Invalid token: its audience is not accepted"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "Invalid token: its issuer is not accepted"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"Invalid token: it has no '{exc.claim}' claim"
+    if isinstance(exc, jwt.DecodeError):
+        return "Invalid token: it is not a well-formed JWT"
+    return f"Invalid token: {exc}"
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def _keys_from_jwks(document: Any) -> tuple[SigningKey, ...]:
+    """The usable signature keys of a JWKS (or of a single JWK)."""
+    if isinstance(document, Mapping) and "keys" not in document and "kty" in document:
+        document = {"keys": [document]}
+    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS document (an object with a 'keys' list)")
+    keys: list[SigningKey] = []
+    for item in document["keys"]:
+        if not isinstance(item, Mapping) or item.get("use", "sig") != "sig":
+            continue
+        if item.get("kty") == "oct":
+            continue  # shared secrets have no place in a key set anyone may read
+        try:
+            jwk = jwt.PyJWK(dict(item))
+        except jwt.PyJWTError as exc:
+            log.warning("jwk-token: skipping key %s: %s", item.get("kid"), exc)
+            continue
+        kid = item.get("kid")
+        alg = item.get("alg")
+        keys.append(
+            SigningKey(
+                kid if isinstance(kid, str) else None,
+                jwk.key,
+                alg if isinstance(alg, str) else None,
+            )
+        )
+    if not keys:
+        raise ValueError("the JWKS holds no usable signature keys")
+    return tuple(keys)
+
+
+def _keys_from_file(path: Path) -> tuple[SigningKey, ...]:
+    data = path.read_bytes()
+    if b"-----BEGIN" in data:
+        return _keys_from_pem(data)
+    try:
+        document = json.loads(data)
+    except ValueError:
+        raise ValueError("neither a JWKS (JSON) nor a PEM file") from None
+    return _keys_from_jwks(document)
+
+
+def _keys_from_pem(data: bytes) -> tuple[SigningKey, ...]:
+    keys: list[SigningKey] = []
+    for block in data.split(b"-----BEGIN ")[1:]:
+        pem = b"-----BEGIN " + block
+        if pem.startswith(b"-----BEGIN CERTIFICATE-----"):
+            key: Any = x509.load_pem_x509_certificate(pem).public_key()
+        elif b"PRIVATE KEY-----" in pem.split(b"\n", 1)[0]:
+            raise ValueError("holds a private key; give the public key or certificate only")
+        else:
+            key = serialization.load_pem_public_key(pem)
+        keys.append(SigningKey(None, key, None))
+    return tuple(keys)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot read it: {exc.strerror or exc}"
+    return str(exc)
+
+
+@hookimpl
+def register_plugin_config_schema() -> list[ConfigSchema]:
+    return [ConfigSchema(section="authenticator", name=MODULE, schema=SETTINGS_SCHEMA)]
+
+
+@hookimpl
+def register_authenticators(config: Config) -> list[Authenticator]:
+    settings = config.authenticator_settings(MODULE)
+    options = {**DEFAULTS, **settings}
+    source: KeySource
+    if settings.get("jwks_url"):
+        source = JwksUrl(
+            settings["jwks_url"],
+            timeout=float(options["jwks_timeout_seconds"]),
+            cache_seconds=float(options["jwks_cache_seconds"]),
+            min_refresh_seconds=float(options["jwks_min_refresh_seconds"]),
+        )
+    elif settings.get("jwks_file"):
+        source = KeyFile(Path(settings["jwks_file"]))
+    else:
+        source = NoKeys()
+    return [JwkTokenAuthenticator(source, settings)]

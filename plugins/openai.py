@@ -1,0 +1,527 @@
+"""The ``openai`` query provider: any server that speaks OpenAI's ``/v1/chat/completions``.
+
+vLLM, Ollama, llama-stack, LiteLLM and OpenAI itself all do, so one provider covers local
+and hosted models. Each instance under ``query.providers`` names its server, its default
+model and the other models a request may pick. Upstream trouble is translated into the
+service's errors (429 with ``Retry-After``, 502, 504, 422), never a 500, and the API key is
+read when a request needs it, so a rotated key file takes effect without a restart; the key
+never reaches a log line or an error body.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+from lightspeed_collector import hookimpl
+from lightspeed_collector.types import (
+    Answer,
+    AnswerStream,
+    Config,
+    ConfigError,
+    ConfigSchema,
+    FieldError,
+    ProviderFailed,
+    ProviderTimeout,
+    QueryProvider,
+    QueryRequest,
+    RateLimited,
+    ValidationFailed,
+)
+
+log = logging.getLogger(__name__)
+
+PROVIDER_TYPE = "openai"
+DEFAULT_TIMEOUT_SECONDS = 60
+DEFAULT_KEY_HEADER = "Authorization"
+KEY_SOURCES = ("api_key", "api_key_file", "api_key_env")
+# Upstream error text is passed on to help, but a page of HTML from a proxy helps nobody.
+MAX_UPSTREAM_MESSAGE = 300
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["url", "model"],
+    "properties": {
+        "url": {
+            "type": "string",
+            "pattern": "^https?://",
+            "description": "Base URL of the server, e.g. http://127.0.0.1:8000/v1; "
+            "/chat/completions is appended unless the URL already ends with it.",
+            "x-messages": {"pattern": "'{value}' is not an http:// or https:// URL"},
+        },
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Model used when a request names none.",
+        },
+        "models": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "uniqueItems": True,
+            "description": "Further models a request may ask for; any other is refused with 422.",
+        },
+        "api_key": {"type": "string", "minLength": 1, "description": "The API key itself."},
+        "api_key_file": {
+            "type": "string",
+            "minLength": 1,
+            "description": "File holding the API key, read for every request.",
+        },
+        "api_key_env": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Environment variable holding the API key.",
+        },
+        "api_key_header": {
+            "type": "string",
+            "minLength": 1,
+            "default": DEFAULT_KEY_HEADER,
+            "description": "Header that carries the key: Authorization (as 'Bearer <key>') "
+            "or another name, e.g. api-key, which gets the bare key.",
+        },
+        "timeout_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": DEFAULT_TIMEOUT_SECONDS,
+            "description": "Longest wait for the server to connect, answer, or send the next "
+            "piece of a streamed answer.",
+        },
+        "system_prompt": {
+            "type": "string",
+            "description": "System prompt used when a request brings none.",
+        },
+        "headers": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "description": "Header value."},
+            "description": "Extra headers sent with every request (not for secrets: they "
+            "are shown by config dump).",
+        },
+        "max_tokens": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Longest answer in tokens; longer answers are cut and marked truncated.",
+        },
+        "temperature": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 2,
+            "description": "Sampling temperature; the server's default when absent.",
+        },
+        "stream_usage": {
+            "type": "boolean",
+            "default": True,
+            "description": "Ask for token usage at the end of streamed answers "
+            "(stream_options.include_usage); turn off for servers that reject it.",
+        },
+        "verify_tls": {
+            "type": "boolean",
+            "default": True,
+            "description": "Check the server's TLS certificate.",
+        },
+        "ca_file": {
+            "type": "string",
+            "minLength": 1,
+            "description": "CA bundle to check the server's certificate against.",
+        },
+    },
+}
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, settings: Mapping[str, Any], config: Config) -> None:
+        self.name = name
+        base = str(settings["url"]).rstrip("/")
+        self.endpoint = base if base.endswith("/chat/completions") else f"{base}/chat/completions"
+        self.model: str = settings["model"]
+        self.models: tuple[str, ...] = tuple(
+            dict.fromkeys([self.model, *settings.get("models", [])])
+        )
+        self.timeout = float(settings.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS))
+        self.system_prompt: str | None = settings.get("system_prompt")
+        self.max_tokens: int | None = settings.get("max_tokens")
+        self.temperature: float | None = settings.get("temperature")
+        self.stream_usage: bool = settings.get("stream_usage", True)
+        self.key_header: str = settings.get("api_key_header", DEFAULT_KEY_HEADER)
+        self.extra_headers: dict[str, str] = dict(settings.get("headers", {}))
+        self.verify: bool | str = settings.get("ca_file") or settings.get("verify_tls", True)
+        self._key_settings = {k: settings[k] for k in KEY_SOURCES if k in settings}
+        self._config = config
+        self._sessions = threading.local()
+
+    def answer(self, request: QueryRequest) -> Answer:
+        model = self._model(request)
+        with self._post(self._payload(request, model, stream=False), stream=False) as response:
+            try:
+                body = response.json()
+            except ValueError:
+                raise self._failed("answered with something that is not JSON") from None
+        return self._completion(body, model)
+
+    def stream(self, request: QueryRequest) -> AnswerStream:
+        model = self._model(request)
+        with self._post(self._payload(request, model, stream=True), stream=True) as response:
+            return (yield from self._chunks(response, model))
+
+    # -- the request ------------------------------------------------------------------------
+
+    def _model(self, request: QueryRequest) -> str:
+        if request.model is None:
+            return self.model
+        if request.model not in self.models:
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        ("body", "model"),
+                        f"Model '{request.model}' is not served by provider '{self.name}' "
+                        f"(served: {', '.join(self.models)})",
+                    )
+                ],
+                response="Unknown model",
+            )
+        return request.model
+
+    def _payload(self, request: QueryRequest, model: str, stream: bool) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = []
+        system_prompt = request.system_prompt or self.system_prompt
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": _user_content(request)})
+        payload: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+        if stream and self.stream_usage:
+            payload["stream_options"] = {"include_usage": True}
+        if self.max_tokens is not None:
+            payload["max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            payload["temperature"] = self.temperature
+        return payload
+
+    def _post(self, payload: Mapping[str, Any], stream: bool) -> requests.Response:
+        headers = {**self.extra_headers, "Accept": "application/json"}
+        if stream:
+            # Compressed events would be read raw, and compression defeats streaming anyway.
+            headers.update({"Accept": "text/event-stream", "Accept-Encoding": "identity"})
+        key = self._key()
+        if key is not None:
+            headers[self.key_header] = (
+                f"Bearer {key}" if self.key_header.lower() == "authorization" else key
+            )
+        try:
+            response = self._session().post(
+                self.endpoint,
+                json=payload,
+                headers=headers,
+                timeout=self.timeout,
+                stream=stream,
+                verify=self.verify,
+            )
+        except requests.Timeout:
+            raise self._timed_out() from None
+        except requests.RequestException as exc:
+            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
+                raise self._timed_out() from None  # the body, not the headers, was too slow
+            log.warning("provider %s: cannot reach %s: %s", self.name, self.endpoint, exc)
+            raise self._failed("could not be reached") from None
+        if response.status_code >= 400:
+            with response:
+                raise self._upstream_error(response, key)
+        return response
+
+    def _key(self) -> str | None:
+        if not self._key_settings:
+            return None
+        try:
+            key = self._config.resolve_secret(self._key_settings, "api_key")
+        except ConfigError as exc:
+            log.error("provider %s: no API key: %s", self.name, exc)
+            raise self._failed("has no usable API key; the service log says why") from None
+        if not key:
+            log.error("provider %s: the configured API key is empty", self.name)
+            raise self._failed("has no usable API key; the service log says why")
+        return key
+
+    def _session(self) -> requests.Session:
+        """One session per worker thread: connections are reused, sessions are not shared."""
+        session: requests.Session | None = getattr(self._sessions, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = "lightspeed-collector"
+            self._sessions.session = session
+        return session
+
+    # -- the answer -------------------------------------------------------------------------
+
+    def _completion(self, body: Any, model: str) -> Answer:
+        if not isinstance(body, Mapping):
+            raise self._failed("answered with JSON that is not an object")
+        if body.get("error"):
+            raise self._failed(f"answered with an error: {_error_text(body)}")
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+            raise self._failed("answered without any choices")
+        choice = choices[0]
+        message: Mapping[str, Any] = choice.get("message") or {}
+        if not isinstance(message, Mapping):
+            raise self._failed("answered with a choice that has no message")
+        tool_calls = message.get("tool_calls")
+        input_tokens, output_tokens = _usage(body.get("usage"))
+        return Answer(
+            text=_text(message.get("content")),
+            model=str(body.get("model") or model),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            truncated=choice.get("finish_reason") == "length",
+            tool_calls=tuple(tool_calls) if isinstance(tool_calls, list) and tool_calls else None,
+        )
+
+    def _chunks(self, response: requests.Response, model: str) -> AnswerStream:
+        answered_model = model
+        usage: Any = None
+        truncated = finished = False
+        produced = 0
+        try:
+            for data in _server_sent_data(response):
+                if data.strip() == "[DONE]":
+                    finished = True
+                    break
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    raise self._failed("sent a streamed event that is not JSON") from None
+                if not isinstance(event, Mapping):
+                    continue
+                if event.get("error"):
+                    raise self._failed(f"reported an error while streaming: {_error_text(event)}")
+                answered_model = str(event.get("model") or answered_model)
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or ():
+                    if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta")
+                    text = _text(delta.get("content")) if isinstance(delta, Mapping) else ""
+                    if text:
+                        produced += 1
+                        yield text
+                    if choice.get("finish_reason"):
+                        finished = True
+                        truncated = truncated or choice["finish_reason"] == "length"
+        except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
+            raise self._timed_out() from None
+        except (
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+        ) as exc:
+            log.warning("provider %s: the streamed answer broke off: %s", self.name, exc)
+            raise self._failed("broke off the streamed answer") from None
+        if not finished:
+            raise self._failed("ended the streamed answer before it was finished")
+        input_tokens, output_tokens = _usage(usage)
+        return Answer(
+            text="",
+            model=answered_model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens if usage else produced,
+            truncated=truncated,
+        )
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def _upstream_error(
+        self, response: requests.Response, key: str | None
+    ) -> ProviderFailed | ProviderTimeout | RateLimited | ValidationFailed:
+        status = response.status_code
+        message = _error_text(_json_or_none(response)) or response.reason or ""
+        if key:
+            # Some servers quote (part of) the key they refused; none of it may leave.
+            message = message.replace(key, "********")
+        message = message[:MAX_UPSTREAM_MESSAGE]
+        log.warning("provider %s: HTTP %s from %s", self.name, status, self.endpoint)
+        if status == 429:
+            return RateLimited(
+                f"Provider '{self.name}' is rate limiting requests: {message}",
+                retry_after=_retry_after(response.headers),
+            )
+        if status in (401, 403):
+            return self._failed(
+                f"refused the service's credentials (HTTP {status}); "
+                f"check the api_key of query.providers.{self.name}"
+            )
+        if status in (408, 504):
+            return self._timed_out()
+        if status in (400, 413, 422):
+            return ValidationFailed(
+                [FieldError(("body",), f"Provider '{self.name}' rejected the request: {message}")],
+                response="The model provider rejected the request",
+            )
+        if status == 404:
+            return self._failed(
+                f"does not know the model or the URL (HTTP 404: {message}); "
+                f"check url and models of query.providers.{self.name}"
+            )
+        return self._failed(f"answered HTTP {status}: {message}")
+
+    def _failed(self, what: str) -> ProviderFailed:
+        return ProviderFailed(f"Provider '{self.name}' {what}")
+
+    def _timed_out(self) -> ProviderTimeout:
+        return ProviderTimeout(
+            f"Provider '{self.name}' did not answer within {self.timeout:g} seconds"
+        )
+
+
+def _user_content(request: QueryRequest) -> str | list[dict[str, Any]]:
+    """The question with its attachments: text ones inline, images as image parts."""
+    text = request.query
+    images: list[dict[str, Any]] = []
+    for attachment in request.attachments:
+        if attachment.content_type.startswith("image/"):
+            url = f"data:{attachment.content_type};base64,{attachment.content}"
+            images.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            text += (
+                f"\n\n{attachment.attachment_type.capitalize()} ({attachment.content_type}):\n"
+                f"```\n{attachment.content}\n```"
+            )
+    if not images:
+        return text
+    return [{"type": "text", "text": text}, *images]
+
+
+def _server_sent_data(response: requests.Response) -> Iterator[str]:
+    """The ``data`` of each Server-Sent Event, as soon as its blank line arrives."""
+    data_lines: list[str] = []
+    for raw_line in _lines(response):
+        line = raw_line.decode("utf-8", errors="replace")
+        if not line:
+            if data_lines:
+                yield "\n".join(data_lines)
+                data_lines = []
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data_lines.append(value[1:] if value.startswith(" ") else value)
+    if data_lines:
+        yield "\n".join(data_lines)
+
+
+def _lines(response: requests.Response) -> Iterator[bytes]:
+    pending = b""
+    for block in _blocks(response):
+        pending += block
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r")
+    if pending:
+        yield pending.rstrip(b"\r")
+
+
+def _blocks(response: requests.Response) -> Iterator[bytes]:
+    """Bytes as they arrive: ``read1`` returns what one read gets, where ``iter_content``
+    would wait for a full buffer on a server that does not use chunked encoding."""
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:
+        yield from response.iter_content(chunk_size=None)
+        return
+    while True:
+        block = read1(65536)
+        if not block:
+            return
+        yield block
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
+    return ""
+
+
+def _usage(usage: Any) -> tuple[int, int]:
+    if not isinstance(usage, Mapping):
+        return 0, 0
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error_text(body: Any) -> str:
+    """The message of an error body, in any of the shapes OpenAI-compatible servers use."""
+    if not isinstance(body, Mapping):
+        return ""
+    error = body.get("error")
+    if isinstance(error, Mapping):
+        return str(error.get("message") or error.get("code") or "")
+    if isinstance(error, str):
+        return error
+    for key in ("message", "detail"):
+        if isinstance(body.get(key), str):
+            return str(body[key])
+    return ""
+
+
+def _retry_after(headers: Mapping[str, str]) -> int | None:
+    """Seconds to wait, from ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``."""
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0, math.ceil(float(value)))
+        except ValueError:
+            pass
+        try:
+            return max(0, math.ceil(parsedate_to_datetime(value).timestamp() - time.time()))
+        except (TypeError, ValueError):
+            pass
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(0, math.ceil(float(milliseconds) / 1000))
+        except ValueError:
+            pass
+    return None
+
+
+def _check_key_sources(name: str, settings: Mapping[str, Any], config: Config) -> None:
+    """Fail at start-up, naming the key, when the API key cannot be found."""
+    given = [key for key in KEY_SOURCES if key in settings]
+    if len(given) > 1:
+        raise ConfigError(f"query.providers.{name}", f"give only one of {', '.join(given)}")
+    if not given:
+        return
+    value = config.resolve_secret(settings, "api_key", f"query.providers.{name}")
+    if not value:
+        raise ConfigError(f"query.providers.{name}.{given[0]}", "the API key is empty")
+
+
+@hookimpl
+def register_plugin_config_schema() -> list[ConfigSchema]:
+    return [ConfigSchema(section="provider", name=PROVIDER_TYPE, schema=SETTINGS_SCHEMA)]
+
+
+@hookimpl
+def register_query_providers(config: Config) -> Sequence[QueryProvider]:
+    providers: list[QueryProvider] = []
+    for name, settings in sorted(config.provider_instances(PROVIDER_TYPE).items()):
+        _check_key_sources(name, settings, config)
+        providers.append(OpenAIProvider(name, settings, config))
+    return providers

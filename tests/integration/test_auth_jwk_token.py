@@ -1,0 +1,269 @@
+"""The ``jwk-token`` authenticator in a real server, with real keys and a JWKS on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+import yaml
+
+from tests.conftest import RunningServer, base_settings, merge
+from tests.jwt_support import AUDIENCE, ISSUER, JwksServer, SigningKey
+
+MISSING = {
+    "response": "Missing or invalid credentials provided by client",
+    "cause": "No Authorization header found",
+}
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> SigningKey:
+    return SigningKey.rsa("rsa-1")
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> SigningKey:
+    return SigningKey.ec("ec-1")
+
+
+@pytest.fixture
+def jwks(rsa_key: SigningKey, ec_key: SigningKey) -> Iterator[JwksServer]:
+    server = JwksServer(keys=[rsa_key, ec_key]).start()
+    yield server
+    server.stop()
+
+
+def jwk_settings(**settings: Any) -> dict[str, Any]:
+    return {
+        "authentication": {
+            "module": "jwk-token",
+            "jwk-token": {
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+                "user_id_claim": "sub",
+                "username_claim": "preferred_username",
+                "roles_claim": "roles",
+                "leeway_seconds": 30,
+                **settings,
+            },
+        }
+    }
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., RunningServer], jwks: JwksServer) -> RunningServer:
+    return server_factory(jwk_settings(jwks_url=jwks.url, jwks_min_refresh_seconds=0))
+
+
+def ask(server: RunningServer, token: str | None, path: str = "/v1/query") -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return requests.post(f"{server.url}{path}", json={"query": "hi"}, headers=headers, timeout=10)
+
+
+def cause(response: requests.Response) -> str:
+    assert response.status_code == 401, response.text
+    detail = response.json()["detail"]
+    assert detail["response"] == MISSING["response"]
+    return str(detail["cause"])
+
+
+def user_dir(server: RunningServer, user_id: str) -> Path:
+    return server.root / "transcripts" / hashlib.sha256(user_id.encode()).hexdigest()
+
+
+def test_valid_rsa_and_ec_tokens_identify_the_user(
+    server: RunningServer, rsa_key: SigningKey, ec_key: SigningKey, jwks: JwksServer
+) -> None:
+    for key in (rsa_key, ec_key):
+        response = ask(server, key.token(sub=f"user-{key.kid}"))
+        assert response.status_code == 200, response.text
+        assert (user_dir(server, f"user-{key.kid}") / response.json()["conversation_id"]).is_dir()
+    streamed = ask(server, rsa_key.token(), "/v1/streaming_query")
+    assert streamed.status_code == 200
+    assert streamed.headers["Content-Type"] == "text/event-stream"
+    assert jwks.fetches == 1  # cached between requests
+
+
+def test_missing_expired_and_forged_tokens_are_401(
+    server: RunningServer, rsa_key: SigningKey, tmp_path: Path
+) -> None:
+    missing = ask(server, None)
+    assert missing.status_code == 401
+    assert missing.json() == {"detail": MISSING}
+    assert cause(ask(server, rsa_key.token(expires_in=-120))) == "Token has expired"
+    # Within the leeway an expired token still passes: clocks drift.
+    assert ask(server, rsa_key.token(expires_in=-10)).status_code == 200
+    assert "audience" in cause(ask(server, rsa_key.token(aud="someone-else")))
+    assert "issuer" in cause(ask(server, rsa_key.token(iss="https://evil.example")))
+    assert "'exp' claim" in cause(ask(server, rsa_key.token(exp=None)))
+    assert "no user id" in cause(ask(server, rsa_key.token(sub=None)))
+    assert "well-formed" in cause(ask(server, "not.a.jwt"))
+
+    impostor = SigningKey.rsa("rsa-1")  # same key id, different key
+    assert "signature" in cause(ask(server, impostor.token()))
+    unknown = SigningKey.rsa("rsa-unknown")
+    assert "'rsa-unknown' is not known" in cause(ask(server, unknown.token()))
+
+    # Algorithm tricks: unsigned tokens, and the public key used as an HMAC secret.
+    claims = jwt.decode(rsa_key.token(), options={"verify_signature": False})
+    unsigned = _unsigned(claims)
+    assert "'none' is not accepted" in cause(ask(server, unsigned))
+    public_pem = rsa_key.public_pem()
+    forged = _hs256(claims, public_pem, "rsa-1")
+    assert "'HS256' is not accepted" in cause(ask(server, forged))
+    # Only the token within the leeway got an answer.
+    assert len(list((server.root / "transcripts").rglob("*.json"))) == 1
+
+
+def test_roles_claim_grants_admin_for_the_feedback_switch(
+    server: RunningServer, rsa_key: SigningKey
+) -> None:
+    url = f"{server.url}/v1/feedback/status"
+
+    def put(token: str) -> requests.Response:
+        return requests.put(
+            url, json={"status": False}, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+
+    assert put(rsa_key.token(roles=["viewer"])).status_code == 403
+    assert put(rsa_key.token()).status_code == 403
+    allowed = put(rsa_key.token(sub="root-id", roles=["viewer", "admin"]))
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.json()["status"]["updated_by"] == "root-id"
+
+
+def test_a_new_signing_key_is_fetched_when_a_token_names_it(
+    server: RunningServer, jwks: JwksServer, rsa_key: SigningKey
+) -> None:
+    assert ask(server, rsa_key.token()).status_code == 200
+    assert jwks.fetches == 1
+    rotated = SigningKey.ec("ec-2")
+    jwks.keys.append(rotated)
+    assert ask(server, rotated.token()).status_code == 200
+    assert jwks.fetches == 2
+
+
+def test_unknown_key_ids_do_not_flood_the_identity_provider(
+    server_factory: Callable[..., RunningServer], jwks: JwksServer, rsa_key: SigningKey
+) -> None:
+    server = server_factory(jwk_settings(jwks_url=jwks.url, jwks_min_refresh_seconds=60))
+    assert ask(server, rsa_key.token()).status_code == 200
+    for index in range(5):
+        ask(server, SigningKey(f"made-up-{index}", "RS256", rsa_key.private).token())
+    assert jwks.fetches == 1
+
+
+def test_local_pem_file_and_configurable_claims(
+    server_factory: Callable[..., RunningServer], ec_key: SigningKey, tmp_path: Path
+) -> None:
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(ec_key.public_pem())
+    server = server_factory(
+        jwk_settings(
+            jwks_file=str(pem),
+            user_id_claim="uid",
+            username_claim="name",
+            roles_claim="realm_access.roles",
+            admin_roles=["collector-admin"],
+        )
+    )
+    token = ec_key.token(with_kid=False, uid="u-42", realm_access={"roles": ["collector-admin"]})
+    response = ask(server, token)
+    assert response.status_code == 200, response.text
+    assert user_dir(server, "u-42").is_dir()
+    toggled = requests.put(
+        f"{server.url}/v1/feedback/status",
+        json={"status": False},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert toggled.status_code == 200, toggled.text
+    assert "no user id in claim 'uid'" in cause(ask(server, ec_key.token(with_kid=False)))
+
+    # The file is read again when it changes: the old key stops working.
+    replacement = SigningKey.rsa("new")
+    staging = tmp_path / "idp.new"
+    staging.write_text(json.dumps({"keys": [replacement.jwk()]}))
+    os.replace(staging, pem)
+    assert ask(server, replacement.token(uid="u-43")).status_code == 200
+    assert ask(server, token).status_code == 401
+
+
+def test_identity_provider_down_is_503_not_401(
+    server_factory: Callable[..., RunningServer], rsa_key: SigningKey
+) -> None:
+    down = JwksServer().start()
+    url = down.url
+    down.stop()
+    server = server_factory(jwk_settings(jwks_url=url, jwks_timeout_seconds=1))
+    response = ask(server, rsa_key.token())
+    assert response.status_code == 503, response.text
+    assert response.json()["detail"]["response"] == "Cannot verify credentials right now"
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"issuer": ISSUER},
+            "authentication.jwk-token: give exactly one of jwks_url and jwks_file",
+        ),
+        (
+            {"jwks_url": "http://a", "jwks_file": "/b"},
+            "authentication.jwk-token: give exactly one of jwks_url and jwks_file",
+        ),
+        (
+            {"jwks_file": "/nonexistent/jwks.json"},
+            "authentication.jwk-token.jwks_file: cannot read",
+        ),
+        (
+            {"jwks_url": "http://a", "algorithms": ["HS256"]},
+            "authentication.jwk-token.algorithms.0",
+        ),
+        ({"jwks_url": "http://a", "leeway": 3}, "authentication.jwk-token.leeway: unknown key"),
+    ],
+)
+def test_bad_settings_fail_config_check_naming_the_key(
+    tmp_path: Path, settings: dict[str, Any], message: str
+) -> None:
+    config = merge(
+        base_settings(tmp_path), {"authentication": {"module": "jwk-token", "jwk-token": settings}}
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "lightspeed_collector", "config", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": "rsa-1"}).encode())
+    return f"{header}.{_b64(json.dumps(claims).encode())}."
+
+
+def _hs256(claims: dict[str, Any], secret: bytes, kid: str) -> str:
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+    body = _b64(json.dumps(claims).encode())
+    signature = hmac.new(secret, f"{header}.{body}".encode(), hashlib.sha256).digest()
+    return f"{header}.{body}.{_b64(signature)}"

@@ -1,0 +1,317 @@
+"""A small OpenAI-compatible ``/v1/chat/completions`` server on loopback, for the tests.
+
+It speaks the documented wire format: JSON completions, Server-Sent Events (``data:`` lines,
+``[DONE]``, usage in a last chunk when ``stream_options.include_usage`` asks for it), and
+OpenAI-style error bodies. What it does is chosen by a directive in the user's message, so
+a test drives it through the real service:
+
+``[length]``       stop for length (``finish_reason: length``)
+``[ratelimit]``    429 with ``Retry-After: 7`` and an OpenAI rate-limit body
+``[error500]``     500 with an OpenAI server-error body
+``[notfound]``     404, as for an unknown model
+``[badrequest]``   400, as for a too-long context
+``[notjson]``      200 with a body that is not JSON
+``[slow]``         wait ``slow_seconds`` before answering (past a short client timeout)
+``[slowbody]``     send the headers and part of the body, then wait ``slow_seconds``
+``[stall]``        stream two tokens, then go quiet for ``slow_seconds``
+``[abort]``        stream two tokens, then drop the connection mid-chunk
+``[gated]``        stream one token, then wait for ``gate`` before producing the rest
+``[drip]``         stream ``DRIP_TOKENS`` tokens ``drip_interval`` apart (for disconnects)
+``[recorded]``     answer with the OpenAI API reference's own example bodies
+``[close-delimited]``  stream without chunked encoding, ending at connection close
+
+When ``expected_key`` is set, a request with another key gets the 401 OpenAI sends, which
+quotes the key it refused, as OpenAI's own does (in part).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).parent / "data"
+ANSWER_TOKENS = ("Pods ", "are ", "the ", "smallest ", "units.")
+DRIP_TOKENS = 400
+PROMPT_TOKENS = 21
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class StandIn:
+    expected_key: str | None = None
+    slow_seconds: float = 3.0
+    drip_interval: float = 0.02
+    requests: list[Recorded] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)
+    last_token_sent: threading.Event = field(default_factory=threading.Event)
+    client_went_away: threading.Event = field(default_factory=threading.Event)
+    tokens_sent: int = 0
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def start(self) -> StandIn:
+        standin = self
+
+        class Handler(_Handler):
+            owner = standin
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.gate.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def recorded_completion() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(
+        (DATA / "openai_chat_completion_example.json").read_text("utf-8")
+    )
+    return loaded
+
+
+def recorded_chunks() -> list[str]:
+    text = (DATA / "openai_chat_completion_chunks_example.txt").read_text("utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: StandIn
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the tests read what they need from ``StandIn``."""
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        standin = self.owner
+        standin.requests.append(
+            Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        )
+        if not self.path.endswith("/chat/completions"):
+            return self._error(404, f"Unknown path {self.path}", "invalid_request_error", None)
+        presented = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        if standin.expected_key is not None and presented != standin.expected_key:
+            return self._error(
+                401,
+                f"Incorrect API key provided: {presented}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+        messages = body.get("messages") or [{}]
+        content = messages[-1].get("content", "")
+        text = content if isinstance(content, str) else json.dumps(content)
+        if "[slow]" in text:
+            time.sleep(standin.slow_seconds)
+        if "[ratelimit]" in text:
+            return self._error(
+                429,
+                "Rate limit reached for gpt-4o-mini in organization org-test on requests per "
+                "min (RPM): Limit 3, Used 3, Requested 1. Please try again in 7s.",
+                "requests",
+                "rate_limit_exceeded",
+                {"Retry-After": "7"},
+            )
+        if "[error500]" in text:
+            return self._error(
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            )
+        if "[notfound]" in text:
+            return self._error(
+                404,
+                f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        if "[badrequest]" in text:
+            return self._error(
+                400,
+                "This model's maximum context length is 128000 tokens.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            )
+        if "[slowbody]" in text and not body.get("stream"):
+            # Headers and half the body at once, the rest too late: a timeout mid-body.
+            data = json.dumps(recorded_completion()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:20])
+            self.wfile.flush()
+            time.sleep(standin.slow_seconds)
+            self.wfile.write(data[20:])
+            return None
+        if "[notjson]" in text:
+            return self._send(200, b"<html>gateway says hello</html>", "text/html")
+        if body.get("stream"):
+            return self._stream(body, text)
+        if "[recorded]" in text:
+            return self._json(200, recorded_completion())
+        tokens = ANSWER_TOKENS[:3] if "[length]" in text else ANSWER_TOKENS
+        return self._json(
+            200,
+            {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(tokens)},
+                        "logprobs": None,
+                        "finish_reason": "length" if "[length]" in text else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": PROMPT_TOKENS,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": PROMPT_TOKENS + len(tokens),
+                },
+            },
+        )
+
+    def _stream(self, body: dict[str, Any], text: str) -> None:
+        standin = self.owner
+        chunked = "[close-delimited]" not in text
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        try:
+            if "[recorded]" in text:
+                for line in recorded_chunks():
+                    self._write(f"data: {line}\n\n", chunked)
+                self._write("data: [DONE]\n\n", chunked)
+            else:
+                for line in self._events(body, text):
+                    self._write(line, chunked)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            standin.client_went_away.set()
+            self.close_connection = True
+
+    def _events(self, body: dict[str, Any], text: str) -> Iterator[str]:
+        standin = self.owner
+        model = body.get("model")
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            event = {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            return f"data: {json.dumps(event)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        if "[drip]" in text:
+            tokens: tuple[str, ...] = tuple(f"t{index} " for index in range(DRIP_TOKENS))
+        elif "[length]" in text:
+            tokens = ANSWER_TOKENS[:3]
+        else:
+            tokens = ANSWER_TOKENS
+        for index, token in enumerate(tokens):
+            if index == 1 and "[gated]" in text:
+                standin.gate.wait(timeout=30)
+            if index == 2 and "[stall]" in text:
+                time.sleep(standin.slow_seconds)
+            if index == 2 and "[abort]" in text:
+                # Half a chunk, then hang up: the reader sees a broken transfer.
+                self.wfile.write(b"ff\r\ndata: {")
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if "[drip]" in text:
+                time.sleep(standin.drip_interval)
+            yield chunk({"content": token})
+            standin.tokens_sent += 1
+            if index == len(tokens) - 1:
+                standin.last_token_sent.set()
+        yield chunk({}, "length" if "[length]" in text else "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": PROMPT_TOKENS,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": PROMPT_TOKENS + len(tokens),
+                },
+            }
+            yield f"data: {json.dumps(usage)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    def _write(self, text: str, chunked: bool) -> None:
+        data = text.encode("utf-8")
+        if chunked:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        else:
+            self.wfile.write(data)
+        self.wfile.flush()
+
+    def _error(
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        code: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        self._json(status, body, headers)
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _send(
+        self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()

@@ -1,0 +1,98 @@
+"""The ``openai`` provider's reading of the wire format: SSE framing, errors, Retry-After."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+import requests
+
+from lightspeed_collector.plugins import openai
+from lightspeed_collector.types import Attachment, Identity, QueryRequest
+
+
+class Trickle(io.RawIOBase):
+    """A body that arrives a few bytes at a time, as from a slow network."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.data = data
+        self.size = size
+
+    def read1(self, limit: int = -1) -> bytes:
+        piece, self.data = self.data[: self.size], self.data[self.size :]
+        return piece
+
+
+def response_over(raw: object) -> requests.Response:
+    response = requests.Response()
+    response.raw = raw
+    return response
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 65536])
+def test_server_sent_events_are_framed_however_the_bytes_arrive(size: int) -> None:
+    body = (
+        ": a comment\r\n"
+        "event: ignored\r\n"
+        'data: {"a": 1}\r\n\r\n'
+        "data: line one\n"
+        "data:line two\n\n"
+        "data: caf\u00e9\n\n"
+        "data: [DONE]"
+    ).encode()
+    events = list(openai._server_sent_data(response_over(Trickle(body, size))))
+    assert events == ['{"a": 1}', "line one\nline two", "caf\u00e9", "[DONE]"]
+
+
+def test_bytes_io_bodies_work_too() -> None:
+    events = list(openai._server_sent_data(response_over(io.BytesIO(b"data: x\n\n"))))
+    assert events == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        ({"error": {"message": "Rate limit reached", "type": "requests"}}, "Rate limit reached"),
+        ({"error": {"code": "model_not_found"}}, "model_not_found"),
+        ({"error": "model 'x' not found"}, "model 'x' not found"),
+        ({"object": "error", "message": "vLLM says no", "code": 400}, "vLLM says no"),
+        ({"detail": "llama-stack says no"}, "llama-stack says no"),
+        ("not an object", ""),
+        (None, ""),
+    ],
+)
+def test_error_messages_in_every_shape(body: object, text: str) -> None:
+    assert openai._error_text(body) == text
+
+
+def test_retry_after_in_seconds_dates_and_milliseconds() -> None:
+    assert openai._retry_after({"retry-after": "7"}) == 7
+    assert openai._retry_after({"retry-after": "1.2"}) == 2
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 28 <= (openai._retry_after({"retry-after": later}) or 0) <= 30
+    assert openai._retry_after({"retry-after-ms": "1500"}) == 2
+    assert openai._retry_after({"retry-after": "soon"}) is None
+    assert openai._retry_after({}) is None
+
+
+def test_attachments_travel_inline_and_images_as_image_parts() -> None:
+    request = QueryRequest(
+        query="Why?",
+        conversation_id="c",
+        identity=Identity(user_id="u"),
+        attachments=(
+            Attachment("stack trace", "text/plain", "Traceback: boom"),
+            Attachment("image", "image/png", "iVBORw0KGgo="),
+        ),
+    )
+    text_part, image_part = openai._user_content(request)  # type: ignore[misc]
+    assert text_part["type"] == "text"
+    assert text_part["text"].startswith("Why?\n\nStack trace (text/plain):\n```\nTraceback: boom")
+    assert image_part == {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+    }
+    plain = QueryRequest(query="Why?", conversation_id="c", identity=Identity(user_id="u"))
+    assert openai._user_content(plain) == "Why?"
