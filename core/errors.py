@@ -120,3 +120,47 @@ class ConfigError(Exception):
 
 class PluginError(Exception):
     """A plugin could not be loaded or conflicts with another; raised at start-up."""
+
+
+class ExportFailed(Exception):
+    """An exporter could not deliver an archive. The archive stays in the outbox and is
+    offered again in the next collection cycle; nothing is lost by raising this.
+
+    ``detail`` is logged, so it must never carry a token or record content. ``status`` is
+    the receiver's HTTP status when there was one.
+    """
+
+    def __init__(self, detail: str, *, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+class ExportUnavailable(ExportFailed):
+    """The receiver is temporarily unable to take the archive (5xx, 429, a timeout, no
+    connection): the collector retries within the cycle, backing off exponentially.
+
+    ``retry_after`` is the receiver's wish, as seconds or as the raw ``Retry-After`` header
+    value (delta-seconds or an HTTP date); the collector waits at least that long.
+    """
+
+    def __init__(
+        self, detail: str, *, status: int | None = None, retry_after: float | str | None = None
+    ) -> None:
+        super().__init__(detail, status=status)
+        self.retry_after = retry_after
+
+
+class ArchiveTooLarge(ExportFailed):
+    """The receiver refused the archive for its size (413): the collector splits it in two
+    and offers both halves; an archive of one record is moved to quarantine instead."""
+
+
+class ExportMisconfigured(ExportFailed):
+    """Retrying cannot help until an operator fixes ``setting`` (the full key path), e.g.
+    a refused token (401/403), a refused content type (415) or an unreadable token file.
+    The collector stops uploading for the rest of the cycle and reports the setting."""
+
+    def __init__(self, detail: str, *, setting: str, status: int | None = None) -> None:
+        super().__init__(detail, status=status)
+        self.setting = setting

@@ -5,30 +5,32 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
-
-from .web.middleware import current_request_id
 
 
 class _RequestIdFilter(logging.Filter):
+    def __init__(self, current_request_id: ContextVar[str | None]) -> None:
+        super().__init__()
+        self._current_request_id = current_request_id
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id.get()
+        record.request_id = self._current_request_id.get()
         return True
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, str | None] = {
             "time": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            # Always present (null outside a request), so log queries need no existence test.
+            "request_id": getattr(record, "request_id", None),
         }
-        request_id = getattr(record, "request_id", None)
-        if request_id:
-            entry["request_id"] = request_id
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -44,10 +46,15 @@ class TextFormatter(logging.Formatter):
         return f"{line} [request {request_id}]" if request_id else line
 
 
-def configure(level: str, fmt: str) -> None:
+def configure(level: str, fmt: str, *, request_ids: bool = True) -> None:
+    """``request_ids=False`` is for commands that serve no HTTP (``export``): they then never
+    load the web layer, which keeps them quick to start and small."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(_RequestIdFilter())
+    if request_ids:
+        from .web.middleware import current_request_id
+
+        handler.addFilter(_RequestIdFilter(current_request_id))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

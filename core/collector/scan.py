@@ -1,0 +1,261 @@
+"""Finding finished records in the storage folders, and removing them once they are safe.
+
+A record is finished when it carries its final ``*.json`` name: the sink writes a
+``.<id>.tmp`` file and renames it, so a ``*.json`` regular file is always complete. Symlinks
+are never followed (a planted link could lead out of the storage root or loop), and the
+walk is a generator over ``os.scandir``, so a backlog of any size costs memory only for the
+folders on the way down, never for the list of files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import fsutil
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+# An empty folder older than this is left over from an interrupted cleanup and removed; a
+# younger one may be one the sink has just created for a record it is about to write.
+STALE_EMPTY_DIR_SECONDS = 600.0
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_HASH_CHUNK = 128 * 1024
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A storage root and the folder its records get inside archives.
+
+    ``root`` is resolved once, so a symlinked mount (as Kubernetes volumes are) works, while
+    nothing below it is ever followed.
+    """
+
+    folder: str
+    root: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    storage: Storage
+    path: str
+    member: str
+
+
+def scan(
+    storages: Sequence[Storage],
+    *,
+    exclude: Iterable[str] = (),
+    wall_clock: Callable[[], float] = time.time,
+) -> Iterator[SourceFile]:
+    """Every finished record under ``storages``, feedback first, in directory order.
+
+    Folders in ``exclude`` (the collector's own state folder, should it sit inside a storage
+    root) are skipped. Empty folders left behind long ago are pruned on the way.
+    """
+    excluded = {os.path.realpath(path) for path in exclude}
+    for storage in storages:
+        if not os.path.isdir(storage.root):
+            continue
+        yield from _walk(storage, excluded, wall_clock)
+
+
+def _walk(
+    storage: Storage, excluded: set[str], wall_clock: Callable[[], float]
+) -> Iterator[SourceFile]:
+    stack: list[tuple[str, str]] = [(storage.root, storage.folder)]
+    while stack:
+        directory, member_dir = stack.pop()
+        seen_any = False
+        try:
+            entries = os.scandir(directory)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                seen_any = True
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.path not in excluded:
+                            stack.append((entry.path, f"{member_dir}/{entry.name}"))
+                    elif (
+                        entry.name.endswith(".json")
+                        and not entry.name.startswith(".")
+                        and entry.is_file(follow_symlinks=False)
+                    ):
+                        yield SourceFile(storage, entry.path, f"{member_dir}/{entry.name}")
+                except OSError:
+                    continue
+        if not seen_any and directory != storage.root:
+            _prune_if_stale(directory, wall_clock())
+
+
+def _prune_if_stale(directory: str, now: float) -> None:
+    try:
+        if now - os.stat(directory, follow_symlinks=False).st_mtime >= STALE_EMPTY_DIR_SECONDS:
+            os.rmdir(directory)
+    except OSError:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedFile:
+    fd: int
+    size: int
+    mtime: int
+
+
+def open_source(source: SourceFile) -> OpenedFile | None:
+    """Open a record for reading, or ``None`` when it vanished or is no longer a plain file."""
+    try:
+        fd = os.open(source.path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
+    return OpenedFile(fd, info.st_size, int(info.st_mtime))
+
+
+def source_path(storages: Sequence[Storage], member: str) -> str | None:
+    """The file a member name came from, or ``None`` when the name is not one we would make."""
+    folder, _, relative = member.partition("/")
+    parts = relative.split("/")
+    if not relative or any(part in ("", ".", "..") for part in parts):
+        return None
+    for storage in storages:
+        if storage.folder == folder:
+            return os.path.join(storage.root, *parts)
+    return None
+
+
+def file_digest(path: str) -> tuple[int, str] | None:
+    """Size and SHA-256 of a plain file, or ``None`` when it is gone or not a plain file."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, _HASH_CHUNK):
+            digest.update(chunk)
+        return info.st_size, digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+class SourceRemover:
+    """Deletes records that are safe in a committed archive, then prunes and flushes folders.
+
+    Unlinks run on a few threads: an unlink is a metadata write that waits on the disk (and,
+    on filesystems mounted with ``discard``, on a TRIM of the freed blocks), so several in
+    flight finish sooner than one after another. Paths are taken in batches from an
+    iterator, so a huge archive never needs its list of files in memory.
+
+    Unlinks are flushed (each touched folder fsync'd) before the caller moves on: otherwise
+    a power cut could bring back files whose archive was already sent, and they would be
+    sent again.
+    """
+
+    def __init__(self, storages: Sequence[Storage], workers: int = 4) -> None:
+        self._roots = {storage.root for storage in storages}
+        self._workers = workers
+        self._touched: set[str] = set()
+        self.removed = 0
+        self.pruned = 0
+
+    def remove(self, path: str) -> None:
+        self._absorb(_unlink_batch([path]))
+
+    def remove_all(self, paths: Iterable[str]) -> None:
+        batches = _batched(paths, _REMOVE_BATCH)
+        first = next(batches, None)
+        if first is None:
+            return
+        if len(first) < _REMOVE_BATCH:
+            self._absorb(_unlink_batch(first))
+            return
+        # Imported here: a cycle with little to remove never starts threads.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="collector-unlink") as pool:
+            in_flight: deque[Future[tuple[int, set[str]]]] = deque(
+                [pool.submit(_unlink_batch, first)]
+            )
+            for batch in batches:
+                in_flight.append(pool.submit(_unlink_batch, batch))
+                if len(in_flight) > 2 * self._workers:
+                    self._absorb(in_flight.popleft().result())
+            while in_flight:
+                self._absorb(in_flight.popleft().result())
+
+    def _absorb(self, result: tuple[int, set[str]]) -> None:
+        removed, folders = result
+        self.removed += removed
+        self._touched.update(folders)
+        if len(self._touched) >= _MAX_TOUCHED:
+            # Bounded memory however many conversations an archive spans. A folder pruned
+            # or flushed now and touched again later is simply handled again.
+            self.finish()
+
+    def finish(self) -> None:
+        """Prune folders emptied by the removals (never a storage root) and flush the rest."""
+        to_flush: set[str] = set()
+        # Deepest first, so a conversation folder goes before its user folder.
+        for directory in sorted(self._touched, key=len, reverse=True):
+            current = directory
+            while current not in self._roots and self._inside_a_root(current):
+                try:
+                    os.rmdir(current)
+                except OSError:
+                    break
+                self.pruned += 1
+                current = os.path.dirname(current)
+            to_flush.add(current)
+        fsutil.fsync_dirs(to_flush)
+        self._touched.clear()
+
+    def _inside_a_root(self, path: str) -> bool:
+        return any(path.startswith(root + os.sep) for root in self._roots)
+
+
+_REMOVE_BATCH = 256
+_MAX_TOUCHED = 1024
+
+
+def _unlink_batch(paths: list[str]) -> tuple[int, set[str]]:
+    removed = 0
+    folders: set[str] = set()
+    for path in paths:
+        folders.add(os.path.dirname(path))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed += 1
+    return removed, folders
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,256 @@
+"""The ``ingress`` exporter plugin against the ingress stub: the request it sends and how it
+reads every kind of answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lightspeed_collector.config import Config
+from lightspeed_collector.plugins.ingress import IngressExporter
+from lightspeed_collector.types import (
+    Archive,
+    ArchiveTooLarge,
+    ExportFailed,
+    ExportMisconfigured,
+    ExportUnavailable,
+)
+from tests.export_support import Stub, start_stub
+
+SETTINGS = "user_data_collection.data_collector"
+
+
+@pytest.fixture(scope="module")
+def stub_with(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stub]]:
+    """One stub per set of options, shared by the module's tests."""
+    started: dict[tuple[str, ...], Stub] = {}
+
+    def get(*options: str) -> Stub:
+        if options not in started:
+            started[options] = start_stub(tmp_path_factory.mktemp("stub"), *options)
+        return started[options]
+
+    yield get
+    for stub in started.values():
+        stub.stop()
+
+
+@pytest.fixture
+def exporter_for(make_config: Callable[..., Config]) -> Callable[..., IngressExporter]:
+    def make(url: str, **settings: object) -> IngressExporter:
+        collector = {"ingress_server_url": url, "ingress_content_service_name": "ols", **settings}
+        return IngressExporter(make_config({"user_data_collection": {"data_collector": collector}}))
+
+    return make
+
+
+def archive_file(
+    tmp_path: Path, size: int = 2048, archive_id: str = "20240101T000000Z-0123456789ab"
+) -> Archive:
+    path = tmp_path / f"{archive_id}.tar.gz"
+    with path.open("wb") as handle:
+        handle.truncate(size)
+    return Archive(archive_id=archive_id, path=path, size=size, record_count=3, sha256="0" * 64)
+
+
+def stored_request(stub: Stub, request_id: str) -> dict[str, object]:
+    result: dict[str, object] = json.loads(
+        (stub.store / "uploads" / request_id / "request.json").read_text()
+    )
+    return result
+
+
+def test_the_upload_is_the_multipart_request_ingress_expects(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with("--token", "tok-abc")
+    exporter = exporter_for(
+        stub.url, ingress_server_auth_token="tok-abc", user_agent="ols-operator/1.0 cluster/42"
+    )
+    archive = archive_file(tmp_path)
+    receipt = exporter.export(archive)
+    assert receipt.status == 202 and receipt.request_id
+    request = stored_request(stub, receipt.request_id)
+    assert request["filename"] == "ols-20240101T000000Z-0123456789ab.tar.gz"
+    assert request["content_type"] == "application/vnd.redhat.ols.periodic+tar"
+    assert (request["service"], request["category"], request["size"]) == ("ols", "periodic", 2048)
+    headers = {name.lower(): value for name, value in request["headers"].items()}  # type: ignore[attr-defined]
+    assert headers["user-agent"] == "ols-operator/1.0 cluster/42"
+    assert headers["authorization"] == "Bearer ********"
+    assert headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert "transfer-encoding" not in headers
+    stored = Path(str(request["stored_as"]))
+    assert stored.read_bytes() == archive.path.read_bytes()
+
+
+def test_the_file_is_streamed_not_loaded(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with()
+    archive = archive_file(tmp_path, size=40 * 1024 * 1024)
+    exporter = exporter_for(stub.url)
+    tracemalloc.start()
+    try:
+        receipt = exporter.export(archive)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert receipt.status == 202
+    assert peak < 2 * 1024 * 1024, f"{peak} bytes held for a 40 MiB upload"
+
+
+def test_the_token_file_is_read_for_every_upload(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with("--token", "rotated-token")
+    token_file = tmp_path / "token"
+    token_file.write_text("old-token\n")
+    exporter = exporter_for(stub.url, ingress_server_auth_token_file=str(token_file))
+    with pytest.raises(ExportMisconfigured) as refused:
+        exporter.export(archive_file(tmp_path))
+    assert refused.value.setting == f"{SETTINGS}.ingress_server_auth_token"
+    assert refused.value.status == 401
+    token_file.write_text("rotated-token\n")
+    assert exporter.export(archive_file(tmp_path)).status == 202
+    token_file.unlink()
+    with pytest.raises(ExportMisconfigured) as missing:
+        exporter.export(archive_file(tmp_path))
+    assert missing.value.setting == f"{SETTINGS}.ingress_server_auth_token_file"
+
+
+def test_a_2xx_without_request_id_is_a_success_with_a_warning(
+    stub_with: Callable[..., Stub],
+    exporter_for: Callable[..., IngressExporter],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stub = stub_with("--no-request-id")
+    caplog.set_level(logging.WARNING)
+    receipt = exporter_for(stub.url).export(archive_file(tmp_path))
+    assert (receipt.status, receipt.request_id) == (202, None)
+    assert "sent no request_id; counted as sent" in caplog.text
+
+
+def test_413_means_too_large_with_the_servers_message(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with("--max-size", "1000")
+    with pytest.raises(ArchiveTooLarge) as refused:
+        exporter_for(stub.url).export(archive_file(tmp_path, size=2048))
+    assert refused.value.status == 413
+    assert "File exceeds maximum file size (1000) for upload: 2048" in refused.value.detail
+
+
+def test_403_points_at_the_token(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with("--fail-first", "1000000", "--fail-status", "403")
+    with pytest.raises(ExportMisconfigured) as refused:
+        exporter_for(stub.url).export(archive_file(tmp_path))
+    assert refused.value.status == 403
+    assert refused.value.setting == f"{SETTINGS}.ingress_server_auth_token"
+
+
+def test_415_points_at_the_service_name(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with()
+    with pytest.raises(ExportMisconfigured) as refused:
+        exporter_for(stub.url, ingress_content_service_name="not-allowed").export(
+            archive_file(tmp_path)
+        )
+    assert refused.value.status == 415
+    assert refused.value.setting == f"{SETTINGS}.ingress_content_service_name"
+
+
+def test_a_wrong_path_points_at_the_url(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with()
+    with pytest.raises(ExportMisconfigured) as refused:
+        exporter_for(stub.url.replace("/upload", "/uplaod")).export(archive_file(tmp_path))
+    assert refused.value.setting == f"{SETTINGS}.ingress_server_url"
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "retry_after"),
+    [
+        (("--fail-first", "1000000", "--retry-after", "7"), 503, "7"),
+        (("--fail-first", "1000000", "--fail-status", "500"), 500, None),
+        (
+            (
+                "--fail-first",
+                "1000000",
+                "--fail-status",
+                "429",
+                "--retry-after",
+                "Wed, 21 Oct 2037 07:28:00 GMT",
+            ),
+            429,
+            "Wed, 21 Oct 2037 07:28:00 GMT",
+        ),
+    ],
+)
+def test_temporary_trouble_is_retryable_and_carries_retry_after(
+    stub_with: Callable[..., Stub],
+    exporter_for: Callable[..., IngressExporter],
+    tmp_path: Path,
+    options: tuple[str, ...],
+    status: int,
+    retry_after: str | None,
+) -> None:
+    stub = stub_with(*options)
+    with pytest.raises(ExportUnavailable) as busy:
+        exporter_for(stub.url).export(archive_file(tmp_path))
+    assert busy.value.status == status
+    assert busy.value.retry_after == retry_after
+
+
+def test_another_client_error_is_a_plain_failure(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with("--fail-first", "1000000", "--fail-status", "400")
+    with pytest.raises(ExportFailed) as failed:
+        exporter_for(stub.url).export(archive_file(tmp_path))
+    assert type(failed.value) is ExportFailed
+    assert failed.value.status == 400
+
+
+def test_no_answer_in_time_is_retryable(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with("--stall-seconds", "3")
+    with pytest.raises(ExportUnavailable) as slow:
+        exporter_for(stub.url, connection_timeout_seconds=0.3).export(archive_file(tmp_path))
+    assert "did not answer within 0.3 s" in slow.value.detail
+
+
+def test_nobody_listening_is_retryable_and_the_message_has_no_credentials(
+    exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    with pytest.raises(ExportUnavailable) as down:
+        exporter_for(
+            "http://user:pa55word@127.0.0.1:9/api/ingress/v1/upload?key=s3cret",
+            ingress_server_auth_token="tok-xyz",
+        ).export(archive_file(tmp_path))
+    message = str(down.value)
+    assert "cannot reach http://127.0.0.1:9/api/ingress/v1/upload" in message
+    for secret in ("pa55word", "s3cret", "tok-xyz"):
+        assert secret not in message
+
+
+def test_archive_file_handles_are_closed(
+    stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    stub = stub_with()
+    exporter = exporter_for(stub.url)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        exporter.export(archive_file(tmp_path))
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
