@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import falcon
@@ -104,7 +105,15 @@ class MetricsResource:
         self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        from ..metrics import CONTENT_TYPE
+        resp.data, resp.content_type = self.service.metrics.render(req.get_header("Accept") or "")
 
-        resp.content_type = CONTENT_TYPE
-        resp.data = self.service.metrics.render()
+
+class OpenAPIResource:
+    """Serves the OpenAPI document built once at start-up (see ``lightspeed_collector.openapi``)."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._body = json.dumps(document, ensure_ascii=False).encode("utf-8")
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self._body
