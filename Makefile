@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest validate-examples fuzz bench bench-validate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,21 @@ typecheck: $(STAMP_DEV)
 pytest: $(STAMP_DEV)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The example records in the documentation must stay valid, checked the way a user's CI would.
+validate-examples: $(STAMP_DEV)
+	$(BIN)/lightspeed-collector validate docs/examples/records
+
+test: lint typecheck validate-examples pytest
+
+# Schemathesis against a real server, driven by /openapi.json; also part of `pytest`.
+fuzz: $(STAMP_DEV)
+	$(BIN)/python -m pytest tests/integration/test_fuzz.py $(PYTEST_ARGS)
 
 bench: $(STAMP_DEV)
 	$(BIN)/python bench/feedback_rps.py
+
+bench-validate: $(STAMP_DEV)
+	$(BIN)/python bench/validate.py
 
 clean:
 	rm -rf $(VENV) .typecheck build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -50,11 +50,60 @@ def _parser() -> argparse.ArgumentParser:
         "plugins", parents=[config_option], help="list the loaded plugins"
     )
     plugins_cmd.add_argument("--format", choices=("text", "json"), default="text")
+    export_cmd = commands.add_parser(
+        "export",
+        parents=[config_option],
+        help="pack stored records into archives and upload them (the collector as a sidecar)",
+        description="Exit status: 0 when every archive was sent, 1 when some wait in the "
+        "outbox, 2 for a configuration problem.",
+    )
+    export_cmd.add_argument(
+        "--once", action="store_true", help="run one cycle and exit instead of looping"
+    )
+    stub_cmd = commands.add_parser(
+        "ingress-stub",
+        help="run a local stand-in for the ingress server that stores what it receives",
+        description="A local receiver that answers like the ingress server (same path, "
+        "fields, content-type rule, size limit, status codes and bodies) and stores each "
+        "upload with its headers under --store.",
+    )
+    from .ingress_stub import add_arguments as add_stub_arguments
+
+    add_stub_arguments(stub_cmd)
+    validate_cmd = commands.add_parser(
+        "validate",
+        help="check feedback and transcript files against their JSON Schemas",
+        description="Check record files, and every *.json below the folders given, against "
+        "their JSON Schemas. Exit status: 0 when all are valid, 1 when any is invalid, 2 for "
+        "a usage error.",
+    )
+    from .validate_files import add_arguments as add_validate_arguments
+
+    add_validate_arguments(validate_cmd)
+    schemas_cmd = commands.add_parser(
+        "schemas",
+        help="print or write the JSON Schemas of records, requests, responses and configuration",
+    )
+    from .schema_files import add_arguments as add_schemas_arguments
+
+    add_schemas_arguments(schemas_cmd)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "ingress-stub":
+        from .ingress_stub import run as run_stub
+
+        return run_stub(args)
+    if args.command == "validate":
+        from .validate_files import run as run_validate
+
+        return run_validate(args)
+    if args.command == "schemas":
+        from .schema_files import run as run_schemas
+
+        return run_schemas(args)
     try:
         config = load_config(args.config)
         if args.command == "serve":
@@ -63,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config(config, args.action)
         if args.command == "plugins":
             return _plugins(config, args.format)
+        if args.command == "export":
+            return _export(config, args.once)
     except ConfigError as exc:
         print(f"lightspeed-collector: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -80,6 +131,17 @@ def _serve(config: Config) -> int:
     logs.configure(settings["log_level"], settings["log_format"])
     serve(build_service(config))
     return EXIT_OK
+
+
+def _export(config: Config, once: bool) -> int:
+    """The web layer, waitress and the metrics library are never imported here: the sidecar
+    starts fast and stays small."""
+    from .collector import run_export
+    from .collector.progress import for_stream
+
+    settings = config.section("service")
+    logs.configure(settings["log_level"], settings["log_format"], request_ids=False)
+    return run_export(config, once=once, progress=for_stream(sys.stderr))
 
 
 def _config(config: Config, action: str) -> int:

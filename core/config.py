@@ -21,7 +21,22 @@ from .errors import ConfigError
 
 CONFIG_ENV = "LIGHTSPEED_COLLECTOR_CONFIG"
 SECRET_MASK = "********"
-_SECRET_WORDS = ("token", "secret", "password", "salt", "api_key", "apikey", "private")
+_SECRET_WORDS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "salt",
+    "api_key",
+    "api-key",
+    "apikey",
+    "private",
+    "authorization",
+    "cookie",
+    "credential",
+)
+# Mappings of HTTP headers sent upstream: any header may carry a credential.
+_SECRET_MAPPINGS = ("headers",)
 
 
 class Config:
@@ -96,6 +111,8 @@ def _is_secret(key: str) -> bool:
 
 def _mask(node: Any, key: str = "") -> Any:
     if isinstance(node, Mapping):
+        if key.lower() in _SECRET_MAPPINGS:
+            return {k: SECRET_MASK if v not in (None, "") else v for k, v in node.items()}
         return {k: _mask(v, str(k)) for k, v in node.items()}
     if key and _is_secret(key) and node not in (None, "", [], {}):
         return SECRET_MASK

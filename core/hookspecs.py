@@ -42,8 +42,17 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 def register_query_providers(config: Config) -> Sequence[QueryProvider]:
     """Return the query providers this plugin offers.
 
-    A provider answers ``answer(request) -> Answer`` and ``stream(request)`` (an iterator of
-    text chunks). Providers are usually configured as named instances under
+    A provider answers ``answer(request) -> Answer`` and ``stream(request)``, an iterator of
+    text chunks for ``POST /v1/streaming_query``. Write ``stream`` as a generator annotated
+    ``-> AnswerStream`` and ``return`` an ``Answer`` when it ends: its model, token counts,
+    ``truncated`` and documents end the stream and go into the transcript (its ``text`` is
+    ignored; the service joins the chunks). Returning nothing is allowed: the service then
+    counts chunks as output tokens. The first chunk is pulled before the client gets a
+    response, so errors raised up to then become normal HTTP errors; later ones become an
+    ``error`` event. If the client disconnects the service closes the generator (release
+    connections in ``finally``) and stores the partial answer with ``truncated: true``.
+
+    Providers are usually configured as named instances under
     ``query.providers.<instance>`` with ``type: <your type>``; return one object per instance,
     named after the instance. Raise ``RateLimited``, ``ProviderFailed`` or
     ``ProviderTimeout`` for upstream failures and ``ValidationFailed`` for a model you do not

@@ -15,7 +15,7 @@ from typing import Any
 
 import pluggy
 
-from . import PROJECT_NAME, hookspecs, validation
+from . import PROJECT_NAME, __version__, hookspecs, validation
 from .config import Config
 from .errors import ConfigError, PluginError
 from .types import Authenticator, ConfigSchema, Exporter, QueryProvider, RecordSink, Redactor
@@ -27,6 +27,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "lightspeed_collector.plugins.regex",
     "lightspeed_collector.plugins.filesystem",
     "lightspeed_collector.plugins.noop",
+    "lightspeed_collector.plugins.ingress",
+    "lightspeed_collector.plugins.openai",
+    "lightspeed_collector.plugins.api_key",
+    "lightspeed_collector.plugins.jwk_token",
 )
 
 ENTRY_POINT_GROUP = PROJECT_NAME
@@ -108,7 +112,7 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
         if dist is not None:
             infos.append(PluginInfo(name, f"distribution {dist.project_name}", dist.version, hooks))
         else:
-            infos.append(PluginInfo(name, "built-in", None, hooks))
+            infos.append(PluginInfo(name, "built-in", __version__, hooks))
     return sorted(infos, key=lambda info: info.name)
 
 

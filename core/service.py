@@ -14,6 +14,7 @@ from typing import Any
 import pluggy
 
 from . import plugin_manager
+from .collector import BackgroundCollector, background_collector
 from .config import Config
 from .conversations import ConversationStore
 from .feedback import FeedbackService
@@ -36,6 +37,9 @@ class Service:
     conversations: ConversationStore
     queries: QueryService
     feedback: FeedbackService
+    collector: BackgroundCollector | None = None
+    """The in-process data collector, when ``data_collector.enabled``; the server starts it
+    and stops it (with its final cycle) after the last request."""
 
     def close(self) -> None:
         try:
@@ -53,6 +57,11 @@ def build_service(
 ) -> Service:
     pm, components = plugin_manager.load(config, extra_plugins)
     collection = config.section("user_data_collection")
+    collector = (
+        background_collector(config, pm, components.exporters)
+        if collection["data_collector"]["enabled"]
+        else None
+    )
     state_dir = Path(config.section("service")["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     salt = config.resolve_secret(collection, "user_id_salt", "user_data_collection")
@@ -78,6 +87,7 @@ def build_service(
         authenticator=components.authenticators[config.section("authentication")["module"]],
         metrics=metrics,
         conversations=conversations,
+        collector=collector,
         queries=QueryService(
             providers=components.providers,
             default_provider=query["default_provider"],

@@ -7,16 +7,20 @@ The errors a plugin may raise are re-exported here for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from .config import Config
 from .errors import (
+    ArchiveTooLarge,
     BadRequest,
     CollectorError,
     ConfigError,
+    ExportFailed,
+    ExportMisconfigured,
+    ExportUnavailable,
     FieldError,
     Forbidden,
     ProviderFailed,
@@ -158,8 +162,28 @@ class AppContext:
     state_dir: Path
 
 
+AnswerStream: TypeAlias = Generator[str, None, Answer | None]
+"""What a provider's ``stream`` may be: a generator of text chunks that *returns* a summary.
+
+The summary is an :class:`Answer` whose ``text`` is ignored (the service joins the chunks it
+sent) and whose ``model``, token counts, ``truncated``, ``rag_chunks`` and
+``referenced_documents`` end the stream and go into the transcript. A provider that returns
+nothing (or whose ``stream`` is a plain iterator) still works: the service then counts the
+chunks as output tokens, reports no input tokens, and records the requested model.
+"""
+
+
 @runtime_checkable
 class QueryProvider(Protocol):
+    """Answers questions. ``stream`` yields the answer in pieces as they are produced; see
+    :data:`AnswerStream` for how it reports token counts and truncation when it is done.
+
+    The service pulls the first chunk before it answers the client, so an error raised before
+    the first chunk (unknown model, rate limit, timeout) becomes a normal HTTP error; an error
+    raised later ends the stream with an ``error`` event. When the client goes away the
+    service calls ``close()`` on the generator: release upstream connections in ``finally``.
+    """
+
     name: str
 
     def answer(self, request: QueryRequest) -> Answer: ...
@@ -185,6 +209,14 @@ class RecordSink(Protocol):
 
 @runtime_checkable
 class Exporter(Protocol):
+    """Uploads one finished archive and returns the receiver's answer.
+
+    Raise ``ExportUnavailable`` for temporary trouble (retried with backoff),
+    ``ArchiveTooLarge`` for a size refusal (the archive is split), ``ExportMisconfigured``
+    when only an operator can help, or ``ExportFailed`` for anything else; the archive stays
+    in the outbox in every case. Stream ``archive.path`` rather than reading it whole.
+    """
+
     name: str
 
     def export(self, archive: Archive) -> Receipt: ...
@@ -199,8 +231,10 @@ class Authenticator(Protocol):
 
 __all__ = [
     "Answer",
+    "AnswerStream",
     "AppContext",
     "Archive",
+    "ArchiveTooLarge",
     "Attachment",
     "AuthRequest",
     "Authenticator",
@@ -209,6 +243,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigSchema",
+    "ExportFailed",
+    "ExportMisconfigured",
+    "ExportUnavailable",
     "Exporter",
     "FieldError",
     "Forbidden",

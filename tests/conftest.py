@@ -92,7 +92,7 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
         found = re.search(
-            r"listening on (http://\S+)", log_path.read_text("utf-8", errors="replace")
+            r"listening on (http://[^\s\"]+)", log_path.read_text("utf-8", errors="replace")
         )
         if found:
             url = found.group(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from ..errors import CollectorError
+from ..openapi import build_document
 from ..service import Service
 from .errors import handle_collector_error, handle_unexpected, serialize_http_error
 from .middleware import RequestContext
@@ -13,9 +14,11 @@ from .resources import (
     FeedbackStatusResource,
     LivenessResource,
     MetricsResource,
+    OpenAPIResource,
     QueryResource,
     ReadinessResource,
 )
+from .streaming import StreamingQueryResource
 
 
 def create_app(service: Service) -> falcon.App[falcon.Request, falcon.Response]:
@@ -26,13 +29,16 @@ def create_app(service: Service) -> falcon.App[falcon.Request, falcon.Response]:
     app.set_error_serializer(serialize_http_error)
 
     query = QueryResource(service)
+    streaming_query = StreamingQueryResource(service)
     feedback = FeedbackResource(service)
     # The reference service's documentation calls the un-versioned paths, so both answer.
     for prefix in ("/v1", ""):
         app.add_route(f"{prefix}/query", query)
+        app.add_route(f"{prefix}/streaming_query", streaming_query)
         app.add_route(f"{prefix}/feedback", feedback)
     app.add_route("/v1/feedback/status", FeedbackStatusResource(service))
     app.add_route("/readiness", ReadinessResource(service))
     app.add_route("/liveness", LivenessResource())
     app.add_route("/metrics", MetricsResource(service))
+    app.add_route("/openapi.json", OpenAPIResource(build_document()))
     return app

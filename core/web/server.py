@@ -38,6 +38,8 @@ def serve(service: Service) -> None:
     signal.signal(signal.SIGTERM, stop)
     host, port = server.effective_host, server.effective_port
     log.info("listening on http://%s:%s", host, port)
+    if service.collector is not None:
+        service.collector.start()
     try:
         server.run()
     except (SystemExit, KeyboardInterrupt):
@@ -45,4 +47,7 @@ def serve(service: Service) -> None:
     finally:
         log.info("stopping")
         server.close()
+        # After the last request, so the final export cycle ships everything stored.
+        if service.collector is not None:
+            service.collector.stop()
         service.close()

@@ -44,4 +44,4 @@ def test_plugins_lists_builtins_with_hooks_and_components(tmp_path: Path) -> Non
         cwd=tmp_path,
         check=True,
     )
-    assert "echo (built-in)" in text.stdout
+    assert f"echo {__version__} (built-in)" in text.stdout

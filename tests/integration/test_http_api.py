@@ -416,6 +416,7 @@ def test_probes_metrics_and_request_ids(server: RunningServer) -> None:
 
 
 def test_readiness_fails_when_storage_is_not_writable(server: RunningServer) -> None:
+    assert requests.get(f"{server.url}/readiness", timeout=10).status_code == 200
     storage = server.root / "feedback"
     storage.rename(server.root / "feedback-moved")
     storage.write_text("not a directory")

@@ -41,6 +41,13 @@ def test_embedded_defaults_match_the_documented_service() -> None:
         "cleanup_after_send": True,
         "connection_timeout_seconds": 30,
         "max_archive_bytes": 104857600,
+        "exporter": "ingress",
+        "user_agent": None,
+        "compression_level": 1,
+        "upload_attempts": 5,
+        "retry_base_seconds": 1,
+        "lock_wait_seconds": 10,
+        "shutdown_timeout_seconds": 20,
     }
 
 
@@ -299,3 +306,24 @@ def test_config_check_has_no_side_effects(tmp_path: Path) -> None:
     )
     assert run_cli("config", "check", "-c", str(path), cwd=tmp_path).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_masking_covers_header_maps_and_credential_words() -> None:
+    config = Config(
+        {
+            "query": {
+                "providers": {
+                    "gpt": {
+                        "type": "openai",
+                        "headers": {"X-Team": "blue", "Authorization": "Bearer sk-1"},
+                        "proxy_authorization": "Basic abc",
+                        "api_key_file": "/run/key",
+                    }
+                }
+            }
+        }
+    )
+    masked = config.masked()["query"]["providers"]["gpt"]
+    assert masked["headers"] == {"X-Team": SECRET_MASK, "Authorization": SECRET_MASK}
+    assert masked["proxy_authorization"] == SECRET_MASK
+    assert masked["api_key_file"] == "/run/key"
