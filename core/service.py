@@ -57,16 +57,20 @@ def build_service(
 ) -> Service:
     pm, components = plugin_manager.load(config, extra_plugins)
     collection = config.section("user_data_collection")
-    collector = (
-        background_collector(config, pm, components.exporters)
-        if collection["data_collector"]["enabled"]
-        else None
-    )
+    metrics = Metrics()
+    collector = None
+    if collection["data_collector"]["enabled"]:
+        collector = background_collector(
+            config, pm, components.exporters, on_report=metrics.observe_export
+        )
+        cycle = collector.loop.collector
+        metrics.enable_export_metrics(
+            [storage.root for storage in cycle.settings.storages], str(cycle.outbox.root)
+        )
     state_dir = Path(config.section("service")["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     salt = config.resolve_secret(collection, "user_id_salt", "user_data_collection")
     pseudonymize = Pseudonymizer(salt)
-    metrics = Metrics()
 
     def on_stored(kind: RecordKind, record: dict[str, Any], location: str) -> None:
         plugin_manager.notify(pm, "record_stored", kind=kind, record=record, location=location)

@@ -156,6 +156,12 @@ class CycleReport:
     waiting: int = 0
     """Archives still in the outbox when the cycle ended."""
     seconds: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed upload attempts by reason (unavailable, too_large, misconfigured, rejected,
+    exporter_error, unreadable), for the export failure metrics."""
+
+    def failed(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
 
     def summary(self) -> str:
         parts = [
@@ -468,6 +474,7 @@ class Collector:
                         exc,
                     )
                     report.archives_failed += 1
+                    report.failed("unreadable")
                     continue
                 log.debug(
                     "uploading archive %s (%d bytes, %d records) with exporter '%s'",
@@ -483,6 +490,7 @@ class Collector:
                             f"exporter returned status {receipt.status}", status=receipt.status
                         )
                 except ExportUnavailable as exc:
+                    report.failed("unavailable")
                     seconds = retry_after_seconds(exc.retry_after)
                     if seconds is not None:
                         wait_at_least = max(wait_at_least or 0.0, seconds)
@@ -496,14 +504,17 @@ class Collector:
                     retry.append(archive_id)
                     continue
                 except ArchiveTooLarge as exc:
+                    report.failed("too_large")
                     children = self._split(archive, exc, report)
                     total += len(children) - 1
                     queue.extendleft(reversed(children))
                     continue
                 except ExportMisconfigured as exc:
+                    report.failed("misconfigured")
                     self._misconfigured(archive_id, _describe(exc), exc.setting, report)
                     return
                 except ConfigError as exc:
+                    report.failed("misconfigured")
                     setting = exc.path if "." in exc.path else f"{SETTINGS_PATH}.{exc.path}"
                     self._misconfigured(archive_id, exc.problem, setting, report)
                     return
@@ -514,6 +525,7 @@ class Collector:
                         _describe(exc),
                     )
                     report.archives_failed += 1
+                    report.failed("rejected")
                     continue
                 except Exception as exc:
                     log.error(
@@ -525,6 +537,7 @@ class Collector:
                     )
                     log.debug("exporter failure", exc_info=True)
                     report.archives_failed += 1
+                    report.failed("exporter_error")
                     continue
                 self._accepted(archive, receipt, report)
                 done += 1

@@ -84,10 +84,13 @@ def as_enabled(config: Config) -> Config:
 class CollectorLoop:
     """Cycles every ``collection_interval`` until asked to stop, then one final cycle."""
 
-    def __init__(self, collector: Collector) -> None:
+    def __init__(
+        self, collector: Collector, on_report: Callable[[CycleReport], None] | None = None
+    ) -> None:
         self.collector = collector
         self.stop = collector.stop
         self.last_report: CycleReport | None = None
+        self._on_report = on_report
 
     def run_once(self) -> CycleReport | None:
         try:
@@ -96,6 +99,11 @@ class CollectorLoop:
             log.error("export cycle failed: %s: %s", type(exc).__name__, exc)
             log.debug("export cycle failure", exc_info=True)
             self.last_report = None
+        if self.last_report is not None and self._on_report is not None:
+            try:
+                self._on_report(self.last_report)
+            except Exception:
+                log.exception("recording the export cycle's figures failed")
         return self.last_report
 
     def run(self) -> None:
@@ -153,13 +161,17 @@ def build_collector(
 
 
 def background_collector(
-    config: Config, pm: pluggy.PluginManager, exporters: dict[str, Exporter]
+    config: Config,
+    pm: pluggy.PluginManager,
+    exporters: dict[str, Exporter],
+    on_report: Callable[[CycleReport], None] | None = None,
 ) -> BackgroundCollector:
-    """The in-process collector for ``serve``; a missing exporter is a start-up error."""
+    """The in-process collector for ``serve``; a missing exporter is a start-up error.
+    ``on_report`` hears each cycle's figures (the service's export metrics)."""
     collector = build_collector(config, choose_exporter(config, exporters), pm)
     settings = config.section("user_data_collection", "data_collector")
     join_timeout = settings["shutdown_timeout_seconds"] + settings["connection_timeout_seconds"] + 5
-    return BackgroundCollector(CollectorLoop(collector), join_timeout)
+    return BackgroundCollector(CollectorLoop(collector, on_report), join_timeout)
 
 
 @contextmanager

@@ -677,3 +677,64 @@ def test_the_final_cycle_is_bounded_in_time(
     found = account(stub, data, tmp_path / "state")
     assert_exactly_once(originals, found)
     assert set(found.on_disk) == set(originals)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_serve_exposes_export_metrics(
+    recorded: Path,
+    tmp_path: Path,
+    server_factory: Callable[..., RunningServer],
+    stubs: Callable[..., Stub],
+) -> None:
+    stub = stubs("--fail-first", "1", "--fail-status", "503", "--retry-after", "1")
+    root = tmp_path / "server"
+    copy_storage(recorded, root)
+    originals = storage_records(root)
+    server = server_factory(
+        {
+            "user_data_collection": {
+                "data_collector": {
+                    "enabled": True,
+                    "ingress_server_url": stub.url,
+                    "ingress_content_service_name": "ols",
+                    "collection_interval": 3600,
+                }
+            }
+        },
+        name="server",
+    )
+
+    def scrape() -> str:
+        return requests.get(f"{server.url}/metrics", timeout=10).text
+
+    wait_for(lambda: metric(scrape(), "lightspeed_export_archives_total") == 1.0, what="an export")
+    text = scrape()
+    assert metric(text, "lightspeed_export_records_total") == len(originals)
+    bytes_sent = metric(text, "lightspeed_export_bytes_total")
+    assert bytes_sent is not None and bytes_sent > 0
+    assert 'lightspeed_export_failures_total{reason="unavailable"} 1.0' in text
+
+    time.sleep(2.1)  # past the backlog measurement's cache
+    text = scrape()
+    assert metric(text, "lightspeed_export_backlog_files") == 0.0
+    assert metric(text, "lightspeed_export_outbox_archives") == 0.0
+    assert metric(text, "lightspeed_export_oldest_unexported_age_seconds") == 0.0
+
+    answer = requests.post(f"{server.url}/v1/query", json={"query": "one more"}, timeout=10)
+    assert answer.status_code == 200
+    time.sleep(2.1)
+    text = scrape()
+    assert metric(text, "lightspeed_export_backlog_files") == 1.0
+    backlog_bytes = metric(text, "lightspeed_export_backlog_bytes")
+    assert backlog_bytes is not None and backlog_bytes > 0
+    age = metric(text, "lightspeed_export_oldest_unexported_age_seconds")
+    assert age is not None and 0.0 <= age < 60
