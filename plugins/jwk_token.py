@@ -18,12 +18,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import jwt
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+
+if TYPE_CHECKING:
+    import jwt
 
 from lightspeed_collector import hookimpl
 from lightspeed_collector.types import (
@@ -199,6 +199,8 @@ class JwksUrl:
             return self._keys
 
     def _refresh(self, now: float) -> None:
+        import jwt
+
         try:
             response = requests.get(
                 self.url, timeout=self.timeout, headers={"Accept": "application/json"}
@@ -223,6 +225,8 @@ class KeyFile:
     """A JWKS or PEM file, read again whenever it changes so keys rotate without a restart."""
 
     def __init__(self, path: Path) -> None:
+        import jwt
+
         self.path = path
         self._lock = threading.Lock()
         try:
@@ -232,6 +236,8 @@ class KeyFile:
             raise ConfigError(f"authentication.{MODULE}.jwks_file", _describe(exc)) from None
 
     def keys(self, key_id: str | None) -> Sequence[SigningKey]:
+        import jwt
+
         try:
             signature = _signature(self.path)
         except OSError:
@@ -282,6 +288,8 @@ class JwkTokenAuthenticator:
         return self._identity(claims)
 
     def _verified_claims(self, token: str) -> Mapping[str, Any]:
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -358,6 +366,8 @@ def _roles(value: Any) -> set[str]:
 
 
 def _token_problem(exc: jwt.PyJWTError) -> str:
+    import jwt
+
     if isinstance(exc, jwt.ExpiredSignatureError):
         return "Token has expired"
     if isinstance(exc, jwt.ImmatureSignatureError):
@@ -380,6 +390,8 @@ def _signature(path: Path) -> tuple[int, int, int]:
 
 def _keys_from_jwks(document: Any) -> tuple[SigningKey, ...]:
     """The usable signature keys of a JWKS (or of a single JWK)."""
+    import jwt
+
     if isinstance(document, Mapping) and "keys" not in document and "kty" in document:
         document = {"keys": [document]}
     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
@@ -421,6 +433,9 @@ def _keys_from_file(path: Path) -> tuple[SigningKey, ...]:
 
 
 def _keys_from_pem(data: bytes) -> tuple[SigningKey, ...]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     keys: list[SigningKey] = []
     for block in data.split(b"-----BEGIN ")[1:]:
         pem = b"-----BEGIN " + block
