@@ -554,13 +554,11 @@ def test_configuration_errors_exit_with_status_2(
 # -- inside serve ----------------------------------------------------------------------------
 
 
-def test_serve_collects_in_the_background_and_ships_the_rest_on_sigterm(
-    recorded: Path,
-    tmp_path: Path,
-    server_factory: Callable[..., RunningServer],
-    stubs: Callable[..., Stub],
-) -> None:
-    stub = stubs("--stall-seconds", "3", "--stall-first", "1")
+def serve_with_collector(
+    recorded: Path, tmp_path: Path, server_factory: Callable[..., RunningServer], stub: Stub
+) -> tuple[RunningServer, dict[str, bytes]]:
+    """A real `serve` over a copy of the recorded storage, its collector pointed at ``stub``
+    (first cycle at start, the next only after an hour)."""
     root = tmp_path / "server"
     copy_storage(recorded, root)
     originals = storage_records(root)
@@ -577,6 +575,18 @@ def test_serve_collects_in_the_background_and_ships_the_rest_on_sigterm(
         },
         name="server",
     )
+    return server, originals
+
+
+def test_serve_collects_in_the_background_and_ships_the_rest_on_sigterm(
+    recorded: Path,
+    tmp_path: Path,
+    server_factory: Callable[..., RunningServer],
+    stubs: Callable[..., Stub],
+) -> None:
+    stub = stubs("--stall-seconds", "3", "--stall-first", "1")
+    server, originals = serve_with_collector(recorded, tmp_path, server_factory, stub)
+    root = server.root
     # The first cycle's upload is stalled at the stub: the service must keep answering.
     wait_for(lambda: "stalling" in stub.log(), what="the first cycle's upload")
     started = time.monotonic()
@@ -696,22 +706,7 @@ def test_serve_exposes_export_metrics(
     stubs: Callable[..., Stub],
 ) -> None:
     stub = stubs("--fail-first", "1", "--fail-status", "503", "--retry-after", "1")
-    root = tmp_path / "server"
-    copy_storage(recorded, root)
-    originals = storage_records(root)
-    server = server_factory(
-        {
-            "user_data_collection": {
-                "data_collector": {
-                    "enabled": True,
-                    "ingress_server_url": stub.url,
-                    "ingress_content_service_name": "ols",
-                    "collection_interval": 3600,
-                }
-            }
-        },
-        name="server",
-    )
+    server, originals = serve_with_collector(recorded, tmp_path, server_factory, stub)
 
     def scrape() -> str:
         return requests.get(f"{server.url}/metrics", timeout=10).text
