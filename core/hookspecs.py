@@ -87,8 +87,12 @@ def register_exporters(config: Config) -> Sequence[Exporter]:
     """Return exporters: ``export(archive) -> Receipt``, called by the data collector.
 
     An exporter uploads one finished archive from the outbox and returns what the receiver
-    answered. Raise an exception for a failed upload; the archive stays in the outbox and is
-    retried, so an exporter never needs its own retry loop.
+    answered; ``data_collector.exporter`` picks the one that runs. Stream ``archive.path``
+    rather than reading it whole. On failure the archive stays in the outbox, so an exporter
+    never needs its own retry loop; say what went wrong with ``ExportUnavailable``
+    (temporary: retried with backoff, honouring ``retry_after``), ``ArchiveTooLarge`` (the
+    archive is split in two), ``ExportMisconfigured`` (only an operator can help; name the
+    ``setting``) or ``ExportFailed`` (anything else).
     """
 
 
