@@ -40,6 +40,18 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def run_config_check(root: Path, extra: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """``lightspeed-collector config check`` on the base settings under ``root`` plus ``extra``."""
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(merge(base_settings(root), extra)))
+    return subprocess.run(
+        [sys.executable, "-m", "lightspeed_collector", "config", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Config]:
     """Build a validated Config whose storage lives under tmp_path."""

@@ -15,7 +15,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import RunningServer, base_settings, merge
+from tests.conftest import RunningServer, base_settings, merge, run_config_check
 
 ALICE_KEY = "s3cret-alice-key"
 BOB_KEY = "bob-key-that-is-long"
@@ -201,15 +201,8 @@ def test_config_dump_masks_every_key(tmp_path: Path) -> None:
 def test_bad_settings_fail_config_check_without_echoing_keys(
     tmp_path: Path, settings: dict[str, Any], message: str
 ) -> None:
-    config = merge(
-        base_settings(tmp_path), {"authentication": {"module": "api-key", "api-key": settings}}
-    )
-    path = tmp_path / "config.yaml"
-    path.write_text(json.dumps(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "lightspeed_collector", "config", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
+    result = run_config_check(
+        tmp_path, {"authentication": {"module": "api-key", "api-key": settings}}
     )
     assert result.returncode == 2, result.stdout
     assert message in result.stderr

@@ -7,8 +7,6 @@ import hashlib
 import hmac
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +14,8 @@ from typing import Any
 import jwt
 import pytest
 import requests
-import yaml
 
-from tests.conftest import RunningServer, base_settings, merge
+from tests.conftest import RunningServer, run_config_check
 from tests.jwt_support import AUDIENCE, ISSUER, JwksServer, SigningKey
 
 MISSING = {
@@ -238,15 +235,8 @@ def test_identity_provider_down_is_503_not_401(
 def test_bad_settings_fail_config_check_naming_the_key(
     tmp_path: Path, settings: dict[str, Any], message: str
 ) -> None:
-    config = merge(
-        base_settings(tmp_path), {"authentication": {"module": "jwk-token", "jwk-token": settings}}
-    )
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "lightspeed_collector", "config", "check", "-c", str(path)],
-        capture_output=True,
-        text=True,
+    result = run_config_check(
+        tmp_path, {"authentication": {"module": "jwk-token", "jwk-token": settings}}
     )
     assert result.returncode == 2, result.stdout
     assert message in result.stderr
