@@ -78,6 +78,7 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Verified directories are remembered so the hot path skips mkdir and realpath; one entry per
 # conversation would otherwise grow without bound in a long-lived process.
 _MAX_KNOWN_DIRS = 10_000
+_PREPARE_ATTEMPTS = 3
 
 FsyncFunction = Callable[[int], None]
 
@@ -226,15 +227,7 @@ class FilesystemSink:
         temp = os.path.join(directory, f".{record_id}.tmp")
         final = os.path.join(directory, f"{record_id}.json")
         try:
-            if directory not in storage.known_dirs:
-                self._prepare(storage, directory, components)
-            try:
-                fd = os.open(temp, _TEMP_FLAGS, FILE_MODE)
-            except FileNotFoundError:
-                # The exporter may remove emptied folders behind our cache's back.
-                storage.known_dirs.discard(directory)
-                self._prepare(storage, directory, components)
-                fd = os.open(temp, _TEMP_FLAGS, FILE_MODE)
+            fd = self._open_temp(storage, directory, components, temp)
         except OSError as exc:
             raise _failure(exc, storage, directory) from exc
         try:
@@ -261,6 +254,27 @@ class FilesystemSink:
                 _remove(final)
                 raise _failure(exc, storage, directory) from exc
         return final
+
+    def _open_temp(
+        self, storage: _Storage, directory: str, components: tuple[str, ...], temp: str
+    ) -> int:
+        """Create the temporary file, making its folders first when needed.
+
+        The exporter prunes folders it emptied, possibly behind our cache's back or between
+        our creating a user folder and its conversation folder; a vanished folder is simply
+        made again, a few times at most.
+        """
+        attempts_left = _PREPARE_ATTEMPTS
+        while True:
+            try:
+                if directory not in storage.known_dirs:
+                    self._prepare(storage, directory, components)
+                return os.open(temp, _TEMP_FLAGS, FILE_MODE)
+            except FileNotFoundError:
+                storage.known_dirs.discard(directory)
+                attempts_left -= 1
+                if not attempts_left:
+                    raise
 
     def _prepare(self, storage: _Storage, directory: str, components: tuple[str, ...]) -> None:
         """Create the record's folders and prove each resolves inside the root.

@@ -481,6 +481,46 @@ def test_a_removed_root_is_created_again(sink: FilesystemSink, roots: tuple[Path
     assert sink.describe().ready
 
 
+class PruningBetweenLevels:
+    """A real folder pruner racing the sink: removes the user folder the first time the
+    sink flushes its parent (that is, right after creating it, before the conversation
+    folder), as the exporter pruning emptied folders could."""
+
+    def __init__(self, user_folder: Path) -> None:
+        self.user_folder = user_folder
+        self.pruned = False
+
+    def __call__(self, fd: int) -> None:
+        os.fsync(fd)
+        if not self.pruned and self.user_folder.is_dir() and not any(self.user_folder.iterdir()):
+            self.user_folder.rmdir()
+            self.pruned = True
+
+
+def test_folders_pruned_while_being_created_are_made_again(roots: tuple[Path, Path]) -> None:
+    pruner = PruningBetweenLevels(roots[1] / USER_KEY)
+    sink = ready(FilesystemSink(*roots, fsync_function=pruner))
+
+    location = sink.write(transcript())
+
+    assert pruner.pruned
+    assert Path(location).is_file()
+    assert Path(location).parent.parent == roots[1] / USER_KEY
+
+
+def test_cached_folders_removed_by_the_exporter_are_made_again(
+    sink: FilesystemSink, roots: tuple[Path, Path]
+) -> None:
+    first = Path(sink.write(transcript()))
+    first.unlink()
+    first.parent.rmdir()
+    first.parent.parent.rmdir()
+
+    second = Path(sink.write(transcript()))
+
+    assert second.parent == first.parent and second.is_file()
+
+
 def test_settings_schema_documents_every_property() -> None:
     schema = filesystem.SETTINGS_SCHEMA
     (entry,) = filesystem.register_plugin_config_schema()
