@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ import uuid
 from pathlib import Path
 
 import yaml
+from servers import start_server
 
 VOCABULARY = (
     "the cluster pod node deployment service route operator upgrade error log failed "
@@ -144,21 +144,8 @@ def fresh_copy(master: Path, work: Path) -> None:
 
 
 def start_stub(store: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    handle = log.open("wb")
     command = [sys.executable, "-m", "lightspeed_collector", "ingress-stub", "--port", "0"]
-    process = subprocess.Popen(
-        [*command, "--store", str(store)], stdout=handle, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
-        if found:
-            return process, found.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"the ingress stub did not start:\n{log.read_text()}")
+    return start_server([*command, "--store", str(store)], log)
 
 
 def write_config(folder: Path, data: Path, url: str) -> Path:

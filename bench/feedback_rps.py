@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,23 +25,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+from servers import start_server
 
 HERE = Path(__file__).resolve().parent
-
-
-def start(command: list[str], log: Path, cwd: Path) -> tuple[subprocess.Popen[bytes], str]:
-    handle = log.open("wb")
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
-        if found:
-            return process, found.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"server did not start: {' '.join(command)}\n{log.read_text()}")
 
 
 def post(conn: http.client.HTTPConnection, path: str, body: bytes) -> int:
@@ -108,7 +92,7 @@ def main() -> None:
         if args.no_fsync:
             config["plugins"] = {"filesystem": {"fsync": False}}
         (root / "config.yaml").write_text(yaml.safe_dump(config))
-        ours, ours_url = start(
+        ours, ours_url = start_server(
             [
                 sys.executable,
                 "-m",
@@ -120,7 +104,7 @@ def main() -> None:
             root / "service.log",
             root,
         )
-        bare, bare_url = start(
+        bare, bare_url = start_server(
             [sys.executable, str(HERE / "bare_app.py"), "8"], root / "bare.log", root
         )
         try:
