@@ -6,10 +6,11 @@ short name); nothing in the core refers to any of them except this list.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,34 +123,41 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> list[t
     pluggy's own call merges the answers and forgets their origin, which is why this walks
     the implementations itself.
     """
-    caller = getattr(pm.hook, hook_name)
     answers: list[tuple[str, Any]] = []
-    for impl in caller.get_hookimpls():
-        if impl.hookwrapper or impl.wrapper:
-            continue
-        arguments = {name: kwargs[name] for name in impl.argnames}
+    for plugin_name, call in _implementations(pm, hook_name, kwargs):
         try:
-            result = impl.function(**arguments)
+            result = call()
         except (ConfigError, PluginError):
             raise
         except Exception as exc:
-            raise PluginError(f"plugin '{impl.plugin_name}' failed in {hook_name}: {exc}") from exc
+            raise PluginError(f"plugin '{plugin_name}' failed in {hook_name}: {exc}") from exc
         if result is not None:
-            answers.append((impl.plugin_name, result))
+            answers.append((plugin_name, result))
     return answers
 
 
 def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
     """Call an event hook on every plugin; one observer's failure is logged and neither stops
     the others (as pluggy's own call would) nor the operation that raised the event."""
-    caller = getattr(pm.hook, hook_name)
-    for impl in caller.get_hookimpls():
+    for plugin_name, call in _implementations(pm, hook_name, kwargs):
+        try:
+            call()
+        except Exception:
+            log.exception("plugin '%s' failed in %s; carrying on", plugin_name, hook_name)
+
+
+def _implementations(
+    pm: pluggy.PluginManager, hook_name: str, kwargs: Mapping[str, Any]
+) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """Each plugin's implementation of a hook, its arguments bound, in registration order.
+
+    Wrappers are skipped: they wrap pluggy's own call, which the callers here replace.
+    """
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
         if impl.hookwrapper or impl.wrapper:
             continue
-        try:
-            impl.function(**{name: kwargs[name] for name in impl.argnames})
-        except Exception:
-            log.exception("plugin '%s' failed in %s; carrying on", impl.plugin_name, hook_name)
+        arguments = {name: kwargs[name] for name in impl.argnames}
+        yield impl.plugin_name, functools.partial(impl.function, **arguments)
 
 
 def validate_plugin_settings(config: Config, pm: pluggy.PluginManager) -> None:
