@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -50,6 +51,20 @@ def run_config_check(root: Path, extra: dict[str, Any]) -> subprocess.CompletedP
         text=True,
         timeout=60,
     )
+
+
+def listed_plugins(cwd: Path) -> dict[str, dict[str, Any]]:
+    """``lightspeed-collector plugins --format json`` from the installed script, by name."""
+    script = Path(sys.executable).parent / "lightspeed-collector"
+    result = subprocess.run(
+        [str(script), "plugins", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=True,
+    )
+    return {row["name"]: row for row in json.loads(result.stdout)}
 
 
 @pytest.fixture

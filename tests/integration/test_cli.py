@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 from lightspeed_collector import __version__
+from tests.conftest import listed_plugins
 
 SCRIPT = Path(sys.executable).parent / "lightspeed-collector"
 
@@ -22,15 +22,7 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
 
 
 def test_plugins_lists_builtins_with_hooks_and_components(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(SCRIPT), "plugins", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=True,
-    )
-    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    rows = listed_plugins(tmp_path)
     assert rows["echo"]["source"] == "built-in"
     assert "register_query_providers" in rows["echo"]["hooks"]
     assert "query provider echo" in rows["echo"]["registers"]

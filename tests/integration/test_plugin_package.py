@@ -19,7 +19,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningServer, base_settings, merge
+from tests.conftest import RunningServer, base_settings, listed_plugins, merge
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "keyword-redactor"
@@ -80,15 +80,7 @@ def test_installed_not_editable(installed: None) -> None:
 def test_plugins_lists_it_with_its_distribution_and_version(
     installed: None, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [str(SCRIPT), "plugins", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=True,
-    )
-    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    rows = listed_plugins(tmp_path)
     row = rows["keyword_redactor"]
     assert row["source"] == f"distribution {DISTRIBUTION}"
     assert row["version"] == "0.1.0"
