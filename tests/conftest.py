@@ -53,18 +53,23 @@ def run_config_check(root: Path, extra: dict[str, Any]) -> subprocess.CompletedP
     )
 
 
-def listed_plugins(cwd: Path) -> dict[str, dict[str, Any]]:
-    """``lightspeed-collector plugins --format json`` from the installed script, by name."""
+def plugins_listing(cwd: Path, *options: str) -> str:
+    """What ``lightspeed-collector plugins`` (the installed script) prints."""
     script = Path(sys.executable).parent / "lightspeed-collector"
     result = subprocess.run(
-        [str(script), "plugins", "--format", "json"],
+        [str(script), "plugins", *options],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
         check=True,
     )
-    return {row["name"]: row for row in json.loads(result.stdout)}
+    return result.stdout
+
+
+def listed_plugins(cwd: Path) -> dict[str, dict[str, Any]]:
+    """The plugins listing as JSON, by plugin name."""
+    return {row["name"]: row for row in json.loads(plugins_listing(cwd, "--format", "json"))}
 
 
 @pytest.fixture

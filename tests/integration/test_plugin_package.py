@@ -19,7 +19,13 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningServer, base_settings, listed_plugins, merge
+from tests.conftest import (
+    RunningServer,
+    base_settings,
+    listed_plugins,
+    merge,
+    plugins_listing,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "keyword-redactor"
@@ -92,15 +98,7 @@ def test_plugins_lists_it_with_its_distribution_and_version(
         "shutdown",
         "startup",
     }
-    text = subprocess.run(
-        [str(SCRIPT), "plugins"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=True,
-    )
-    assert f"keyword_redactor 0.1.0 (distribution {DISTRIBUTION})" in text.stdout
+    assert f"keyword_redactor 0.1.0 (distribution {DISTRIBUTION})" in plugins_listing(tmp_path)
 
 
 def test_redaction_and_audit_through_a_running_server(
