@@ -88,6 +88,10 @@ class RecordPipeline:
         self._sinks = tuple(sinks)
         self._on_stored = on_stored
         self._metrics = metrics
+        # labels() takes a lock and builds a key per call; the two children never change.
+        self._stored_counters = {
+            kind: metrics.records_stored.labels(kind=kind) for kind in ("feedback", "transcript")
+        }
         self._new_id = new_id
 
     def store(
@@ -104,7 +108,7 @@ class RecordPipeline:
             raise RecordInvalid(f"The {kind} record failed schema validation: {detail}")
         record = Record(kind, self._new_id(), user_key, conversation_id, redacted)
         locations = [sink.write(record) for sink in self._sinks]
-        self._metrics.records_stored.labels(kind=kind).inc()
+        self._stored_counters[kind].inc()
         for location in locations:
             self._on_stored(kind, redacted, location)
         return locations
