@@ -95,6 +95,18 @@ class MultipartFile:
         self._file.close()
 
 
+class _BearerToken(requests.auth.AuthBase):
+    """The token as requests' own auth: a plain Authorization header would be replaced by
+    credentials requests finds in ``~/.netrc`` for the same host."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+
 class IngressExporter:
     name = NAME
 
@@ -127,8 +139,6 @@ class IngressExporter:
         headers = {
             "User-Agent": settings.get("user_agent") or f"lightspeed-collector/{__version__}",
         }
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         body = MultipartFile(
             archive.path,
             "file",
@@ -139,7 +149,13 @@ class IngressExporter:
         where = _where(url)
         timeout = settings["connection_timeout_seconds"]
         try:
-            response = self._session.post(url, data=body, headers=headers, timeout=timeout)
+            response = self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                auth=_BearerToken(token) if token else None,
+                timeout=timeout,
+            )
         except requests.Timeout:
             raise ExportUnavailable(f"{where} did not answer within {timeout} s") from None
         except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:

@@ -89,6 +89,28 @@ def test_the_upload_is_the_multipart_request_ingress_expects(
     assert stored.read_bytes() == archive.path.read_bytes()
 
 
+def test_a_netrc_entry_never_replaces_the_token(
+    stub_with: Callable[..., Stub],
+    exporter_for: Callable[..., IngressExporter],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # requests applies ~/.netrc credentials to requests that carry no auth of their own,
+    # which would swap the bearer token for someone's basic-auth login.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password their-password\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    stub = stub_with("--token", "tok-abc")
+    exporter = exporter_for(stub.url, ingress_server_auth_token="tok-abc")
+
+    receipt = exporter.export(archive_file(tmp_path))
+
+    assert receipt.status == 202 and receipt.request_id
+    headers = stored_request(stub, receipt.request_id)["headers"]
+    assert {k.lower(): v for k, v in headers.items()}["authorization"] == "Bearer ********"  # type: ignore[attr-defined]
+
+
 def test_the_file_is_streamed_not_loaded(
     stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
 ) -> None:
