@@ -279,20 +279,20 @@ class Collector:
     def _recover(self) -> None:
         """Finish what a crash interrupted: sources of committed archives, splits."""
         for archive_id in self.outbox.ids(self.outbox.new):
-            remover = SourceRemover(self.settings.storages)
             differing = 0
-            for entry in manifest_entries(self.outbox.manifest(self.outbox.new, archive_id)):
-                path = source_path(self.settings.storages, entry.name)
-                if path is None:
-                    continue
-                found = file_digest(path)
-                if found is None:
-                    continue
-                if found == (entry.size, entry.sha256):
-                    remover.remove(path)
-                else:
-                    differing += 1
-            remover.finish()
+            with SourceRemover(self.settings.storages) as remover:
+                for entry in manifest_entries(self.outbox.manifest(self.outbox.new, archive_id)):
+                    path = source_path(self.settings.storages, entry.name)
+                    if path is None:
+                        continue
+                    found = file_digest(path)
+                    if found is None:
+                        continue
+                    if found == (entry.size, entry.sha256):
+                        remover.remove(path)
+                    else:
+                        differing += 1
+                remover.finish()
             self.outbox.release(archive_id)
             log.debug(
                 "recovered archive %s: %d source files removed after an interruption",
@@ -395,14 +395,14 @@ class Collector:
             built.record_count,
             ", ".join(f"{count} {folder}" for folder, count in sorted(built.counts.items())),
         )
-        remover = SourceRemover(self.settings.storages)
         manifest = self.outbox.manifest(self.outbox.new, built.archive_id)
-        remover.remove_all(
-            path
-            for name in manifest_names(manifest)
-            if (path := source_path(self.settings.storages, name)) is not None
-        )
-        remover.finish()
+        with SourceRemover(self.settings.storages) as remover:
+            remover.remove_all(
+                path
+                for name in manifest_names(manifest)
+                if (path := source_path(self.settings.storages, name)) is not None
+            )
+            remover.finish()
         self.outbox.release(built.archive_id)
         log.debug(
             "archive %s: %d source files removed, %d empty folders pruned",

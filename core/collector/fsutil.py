@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 
 DIR_MODE = 0o700
@@ -28,11 +27,10 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def fsync_dirs(paths: Iterable[str]) -> None:
-    """Flush each folder that still exists; vanished ones are fine (their parent was flushed)."""
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            fsync_dir(path)
+def fsync_existing_dir(path: str) -> None:
+    """Flush a folder if it still exists; a vanished one is fine (its parent was flushed)."""
+    with contextlib.suppress(FileNotFoundError):
+        fsync_dir(path)
 
 
 def make_dirs(path: Path) -> None:

@@ -9,7 +9,6 @@ folders on the way down, never for the list of files.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
@@ -17,17 +16,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from . import fsutil
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 # An empty folder older than this is left over from an interrupted cleanup and removed; a
 # younger one may be one the sink has just created for a record it is about to write.
 STALE_EMPTY_DIR_SECONDS = 600.0
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# Threads removing sources. On a 2-core machine whose disk discards freed blocks, 12,000
+# unlinks took 1.10 s on one thread, 0.40 s on 4, 0.25 s on 16, and no less on 64.
+REMOVE_WORKERS = 16
 _HASH_CHUNK = 128 * 1024
 
 
@@ -163,25 +168,37 @@ def file_digest(path: str) -> tuple[int, str] | None:
 class SourceRemover:
     """Deletes records that are safe in a committed archive, then prunes and flushes folders.
 
-    Unlinks run on a few threads: an unlink is a metadata write that waits on the disk (and,
-    on filesystems mounted with ``discard``, on a TRIM of the freed blocks), so several in
-    flight finish sooner than one after another. Paths are taken in batches from an
-    iterator, so a huge archive never needs its list of files in memory.
+    Unlinks, folder pruning and flushes run on a pool of threads: each is a metadata write
+    that waits on the disk (and, on filesystems mounted with ``discard``, on a TRIM of the
+    freed blocks), so many in flight finish far sooner than one after another. Paths are
+    taken in batches from an iterator, so a huge archive never needs its list of files in
+    memory. Each batch prunes the folders it emptied at once, still on its thread; a folder
+    another batch was still emptying is pruned by that batch or by :meth:`finish`. Use it as
+    a context manager: the pool lives as long as the remover.
 
     Unlinks are flushed (each touched folder fsync'd) before the caller moves on: otherwise
     a power cut could bring back files whose archive was already sent, and they would be
     sent again.
     """
 
-    def __init__(self, storages: Sequence[Storage], workers: int = 4) -> None:
+    def __init__(self, storages: Sequence[Storage], workers: int = REMOVE_WORKERS) -> None:
         self._roots = {storage.root for storage in storages}
         self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
         self._touched: set[str] = set()
         self.removed = 0
         self.pruned = 0
 
+    def __enter__(self) -> SourceRemover:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def remove(self, path: str) -> None:
-        self._absorb(_unlink_batch([path]))
+        self._absorb(self._unlink_batch([path]))
 
     def remove_all(self, paths: Iterable[str]) -> None:
         batches = _batched(paths, _REMOVE_BATCH)
@@ -189,65 +206,107 @@ class SourceRemover:
         if first is None:
             return
         if len(first) < _REMOVE_BATCH:
-            self._absorb(_unlink_batch(first))
+            self._absorb(self._unlink_batch(first))
             return
-        # Imported here: a cycle with little to remove never starts threads.
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="collector-unlink") as pool:
-            in_flight: deque[Future[tuple[int, set[str]]]] = deque(
-                [pool.submit(_unlink_batch, first)]
-            )
-            for batch in batches:
-                in_flight.append(pool.submit(_unlink_batch, batch))
-                if len(in_flight) > 2 * self._workers:
-                    self._absorb(in_flight.popleft().result())
-            while in_flight:
+        pool = self._threads()
+        in_flight: deque[Future[tuple[int, int, set[str]]]] = deque(
+            [pool.submit(self._unlink_batch, first)]
+        )
+        for batch in batches:
+            in_flight.append(pool.submit(self._unlink_batch, batch))
+            if len(in_flight) > 2 * self._workers:
                 self._absorb(in_flight.popleft().result())
+        while in_flight:
+            self._absorb(in_flight.popleft().result())
 
-    def _absorb(self, result: tuple[int, set[str]]) -> None:
-        removed, folders = result
+    def _absorb(self, result: tuple[int, int, set[str]]) -> None:
+        removed, pruned, survivors = result
         self.removed += removed
-        self._touched.update(folders)
+        self.pruned += pruned
+        self._touched.update(survivors)
         if len(self._touched) >= _MAX_TOUCHED:
             # Bounded memory however many conversations an archive spans. A folder pruned
             # or flushed now and touched again later is simply handled again.
             self.finish()
 
     def finish(self) -> None:
-        """Prune folders emptied by the removals (never a storage root) and flush the rest."""
+        """Prune folders emptied by the removals (never a storage root) and flush the rest.
+
+        Folders below different top-level folders (one per user) never share a parent
+        short of the root, so each such subtree is pruned on its own thread.
+        """
+        subtrees: dict[str, list[str]] = {}
+        for directory in self._touched:
+            subtrees.setdefault(self._subtree(directory), []).append(directory)
+        self._touched.clear()
         to_flush: set[str] = set()
-        # Deepest first, so a conversation folder goes before its user folder.
-        for directory in sorted(self._touched, key=len, reverse=True):
+        for pruned, survivors in self._map(self._prune, list(subtrees.values())):
+            self.pruned += pruned
+            to_flush.update(survivors)
+        for _ in self._map(fsutil.fsync_existing_dir, sorted(to_flush)):
+            pass
+
+    def _unlink_batch(self, paths: list[str]) -> tuple[int, int, set[str]]:
+        """Remove ``paths``, then the folders that left empty; answer how many files and
+        folders went, and the folders that remain to be flushed."""
+        removed = 0
+        folders: set[str] = set()
+        for path in paths:
+            folders.add(os.path.dirname(path))
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed += 1
+        pruned, survivors = self._prune(folders)
+        return removed, pruned, survivors
+
+    def _prune(self, directories: Iterable[str]) -> tuple[int, set[str]]:
+        """Remove the emptied folders of one subtree, deepest first, so a conversation
+        folder goes before its user folder; answer how many went and what must be flushed."""
+        pruned = 0
+        survivors: set[str] = set()
+        for directory in sorted(directories, key=len, reverse=True):
             current = directory
             while current not in self._roots and self._inside_a_root(current):
                 try:
                     os.rmdir(current)
+                except FileNotFoundError:
+                    pass  # pruned by another batch; its parent still needs pruning or a flush
                 except OSError:
                     break
-                self.pruned += 1
+                else:
+                    pruned += 1
                 current = os.path.dirname(current)
-            to_flush.add(current)
-        fsutil.fsync_dirs(to_flush)
-        self._touched.clear()
+            survivors.add(current)
+        return pruned, survivors
+
+    def _subtree(self, path: str) -> str:
+        """The folder right below a storage root that holds ``path`` (or the root itself)."""
+        for root in self._roots:
+            if path.startswith(root + os.sep):
+                return os.path.join(root, path[len(root) + 1 :].split(os.sep, 1)[0])
+        return path
 
     def _inside_a_root(self, path: str) -> bool:
         return any(path.startswith(root + os.sep) for root in self._roots)
 
+    def _map(self, function: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
+        if len(items) < 2:
+            return map(function, items)
+        return self._threads().map(function, items)
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            # Imported here: a cycle with little to remove never starts threads.
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="collector-remove")
+        return self._pool
+
 
 _REMOVE_BATCH = 256
 _MAX_TOUCHED = 1024
-
-
-def _unlink_batch(paths: list[str]) -> tuple[int, set[str]]:
-    removed = 0
-    folders: set[str] = set()
-    for path in paths:
-        folders.add(os.path.dirname(path))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            removed += 1
-    return removed, folders
 
 
 def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -1,0 +1,111 @@
+"""Removing the sources of a committed archive: every file goes, emptied folders are pruned
+on the removal threads, the roots and busy folders stay, and what remains is flushed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lightspeed_collector.collector import scan
+from lightspeed_collector.collector.scan import SourceRemover, Storage
+
+
+@pytest.fixture
+def flushed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The folders the remover flushes, in the order it flushes them (really flushed too)."""
+    calls: list[str] = []
+    real = scan.fsutil.fsync_existing_dir
+
+    def record(path: str) -> None:
+        calls.append(path)
+        real(path)
+
+    monkeypatch.setattr(scan.fsutil, "fsync_existing_dir", record)
+    return calls
+
+
+def storages(root: Path) -> list[Storage]:
+    feedback, transcripts = root / "feedback", root / "transcripts"
+    feedback.mkdir()
+    transcripts.mkdir()
+    return [Storage("feedback", str(feedback)), Storage("transcripts", str(transcripts))]
+
+
+def make_records(root: Path, users: int, conversations: int, per_conversation: int) -> list[str]:
+    """Files in the order an archive lists them: folder by folder."""
+    paths: list[str] = []
+    for user in range(users):
+        for conversation in range(conversations):
+            folder = root / "transcripts" / f"user-{user}" / f"conversation-{conversation}"
+            folder.mkdir(parents=True)
+            for record in range(per_conversation):
+                path = folder / f"{record}.json"
+                path.write_bytes(b"{}")
+                paths.append(str(path))
+    for record in range(per_conversation):
+        path = root / "feedback" / f"{record}.json"
+        path.write_bytes(b"{}")
+        paths.append(str(path))
+    return paths
+
+
+def everything_below(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_a_large_removal_prunes_every_emptied_folder_and_flushes_the_roots(
+    tmp_path: Path, flushed: list[str]
+) -> None:
+    roots = storages(tmp_path)
+    # 7 files per folder against batches of 256: many folders straddle two batches, so
+    # some are emptied by a batch that did not see their first files.
+    paths = make_records(tmp_path, users=12, conversations=9, per_conversation=7)
+    assert len(paths) > 2 * scan._REMOVE_BATCH
+
+    with SourceRemover(roots, workers=4) as remover:
+        remover.remove_all(iter(paths))
+        remover.finish()
+
+    assert everything_below(tmp_path) == ["feedback", "transcripts"]
+    assert remover.removed == len(paths)
+    assert remover.pruned == 12 * 9 + 12
+    assert sorted(flushed) == sorted(root.root for root in roots)
+
+
+def test_busy_folders_and_their_parents_stay_and_are_flushed(
+    tmp_path: Path, flushed: list[str]
+) -> None:
+    roots = storages(tmp_path)
+    paths = make_records(tmp_path, users=3, conversations=40, per_conversation=4)
+    busy = tmp_path / "transcripts" / "user-1" / "conversation-7"
+    (busy / ".in-flight.tmp").write_bytes(b"the sink is writing this")
+
+    with SourceRemover(roots, workers=4) as remover:
+        remover.remove_all(iter(paths))
+        remover.finish()
+
+    assert everything_below(tmp_path) == [
+        "feedback",
+        "transcripts",
+        "transcripts/user-1",
+        "transcripts/user-1/conversation-7",
+        "transcripts/user-1/conversation-7/.in-flight.tmp",
+    ]
+    assert remover.pruned == 3 * 40 - 1 + 2
+    assert str(busy) in flushed
+    assert os.path.join(roots[1].root) in flushed
+
+
+def test_files_already_gone_are_not_counted(tmp_path: Path, flushed: list[str]) -> None:
+    roots = storages(tmp_path)
+    paths = make_records(tmp_path, users=1, conversations=2, per_conversation=3)
+    os.unlink(paths[0])
+
+    with SourceRemover(roots) as remover:
+        remover.remove_all(iter(paths))
+        remover.finish()
+
+    assert remover.removed == len(paths) - 1
+    assert everything_below(tmp_path) == ["feedback", "transcripts"]
