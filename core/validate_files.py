@@ -18,21 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import re
 import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, TextIO
-
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import validation
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
+    from jsonschema.exceptions import ValidationError
 
 KINDS: tuple[str, ...] = ("feedback", "transcript")
 
@@ -130,6 +131,8 @@ def validate_files(
     chunk = max(64, min(2000, len(files) // (workers * 6) or 1))
     batches = [files[start : start + chunk] for start in range(0, len(files), chunk)]
     results = []
+    from concurrent.futures import ProcessPoolExecutor
+
     with ProcessPoolExecutor(max_workers=workers, mp_context=_fork_context()) as pool:
         for batch in pool.map(check_batch, batches, repeat(kind)):
             results.extend(batch)
@@ -146,9 +149,11 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _fork_context() -> multiprocessing.context.BaseContext | None:
+def _fork_context() -> BaseContext | None:
     """Forked workers share the parent's compiled validators and imported modules; spawned
     ones would import and compile everything again. Fork is not offered everywhere."""
+    import multiprocessing
+
     if "fork" in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("fork")
     return None
@@ -255,6 +260,8 @@ def _error_order(error: ValidationError) -> tuple[list[str], str]:
 
 def _problems(error: ValidationError) -> list[Problem]:
     if error.context:
+        from jsonschema.exceptions import best_match
+
         # anyOf/oneOf: the branch that got furthest explains the problem best.
         error = best_match(error.context)
     keyword = str(error.validator)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING, Any
 
 from .errors import FieldError
 from .fastcheck import compile_check
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+    from referencing import Registry
 
 SCHEMA_PACKAGE = "lightspeed_collector.schemas"
 
@@ -38,6 +39,8 @@ def load_schema(name: str) -> Mapping[str, Any]:
 
 @cache
 def _registry() -> Registry[Any]:
+    from referencing import Registry, Resource
+
     resources_ = [
         (load_schema(name)["$id"], Resource.from_contents(dict(load_schema(name))))
         for name in schema_names()
@@ -47,12 +50,21 @@ def _registry() -> Registry[Any]:
 
 class SchemaValidator:
     """A compiled schema: a fast yes/no check for the common, valid case, and ``jsonschema``
-    for explaining what is wrong (see :mod:`lightspeed_collector.fastcheck`)."""
+    for explaining what is wrong (see :mod:`lightspeed_collector.fastcheck`).
+
+    ``jsonschema`` is imported only when first needed: a valid configuration and valid
+    requests never need it, and commands such as ``export`` start sooner without it.
+    """
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         self.schema = schema
-        self.full = Draft202012Validator(schema, registry=_registry())
         self._fast = compile_check(schema, _resolve_ref)
+
+    @cached_property
+    def full(self) -> Draft202012Validator:
+        from jsonschema import Draft202012Validator
+
+        return Draft202012Validator(self.schema, registry=_registry())
 
     @property
     def accelerated(self) -> bool:

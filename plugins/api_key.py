@@ -17,11 +17,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
 
 from lightspeed_collector import hookimpl
 from lightspeed_collector.types import (
@@ -33,6 +31,9 @@ from lightspeed_collector.types import (
     Identity,
     Unauthorized,
 )
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,9 @@ def _parse_entries(
     of the configuration file), is an error."""
     if not isinstance(raw, list):
         raise ValueError(f"{where} must hold a list of key entries")
+    # Imported here: only a service configured with this authenticator pays for it.
+    from jsonschema import Draft202012Validator
+
     validator = Draft202012Validator(KEY_ENTRY_SCHEMA)
     entries: list[KeyEntry] = []
     seen: dict[bytes, int] = {}
