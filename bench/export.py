@@ -38,6 +38,7 @@ import uuid
 from pathlib import Path
 
 import yaml
+from bytecode import compile_package
 from servers import start_server
 
 VOCABULARY = (
@@ -254,6 +255,7 @@ def main() -> None:
         "--dir", help="where to put the records (default: the system's temporary folder)"
     )
     args = parser.parse_args()
+    compile_package()
     with tempfile.TemporaryDirectory(prefix="export-bench-", dir=args.dir) as scratch_name:
         scratch = Path(scratch_name)
         results = [run(args.records, args.rounds, scratch, "speed")]

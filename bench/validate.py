@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+from bytecode import compile_package
+
 OURS = Path(sys.executable).parent / "lightspeed-collector"
 PRIVATE_VENV = Path(tempfile.gettempdir()) / "lightspeed-collector-bench-check-jsonschema"
 
@@ -121,6 +123,7 @@ def main() -> int:
     parser.add_argument("--check-jsonschema", help="path of a check-jsonschema executable")
     args = parser.parse_args()
 
+    compile_package()
     checker = find_check_jsonschema(args.check_jsonschema)
     with tempfile.TemporaryDirectory(prefix="validate-bench-") as temporary:
         work = Path(temporary)
