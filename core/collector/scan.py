@@ -262,8 +262,9 @@ class SourceRemover:
         return removed, pruned, survivors
 
     def _prune(self, directories: Iterable[str]) -> tuple[int, set[str]]:
-        """Remove the emptied folders of one subtree, deepest first, so a conversation
-        folder goes before its user folder; answer how many went and what must be flushed."""
+        """Remove whichever of ``directories`` (and their parents) are empty, deepest first,
+        so a conversation folder goes before its user folder; answer how many went and the
+        nearest surviving folder of each, which must be flushed."""
         pruned = 0
         survivors: set[str] = set()
         for directory in sorted(directories, key=len, reverse=True):
