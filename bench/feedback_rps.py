@@ -4,7 +4,8 @@ Both servers run as separate processes on loopback and are driven by the same cl
 threads with keep-alive connections posting the same feedback body for a fixed time. The
 service runs with its defaults (fsync on, regex redaction, schema validation, access log);
 the baseline only reads the body and answers 200. Rounds alternate A, B, A, B so drift of a
-shared machine hits both; the medians and their ratio are printed.
+shared machine hits both; the medians and their ratio are printed, and, where ``/proc``
+exists, each server's CPU time per request, which shows where the difference comes from.
 
 Target: the service sustains at least 50% of the bare app's rate.
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -68,6 +71,27 @@ def drive(url: str, body: bytes, clients: int, seconds: float) -> float:
     if errors:
         raise SystemExit(f"{len(errors)} requests failed, e.g. status {errors[0]}")
     return sum(counts) / elapsed
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process so far, or ``None`` where ``/proc`` is absent."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_drive(
+    process: subprocess.Popen[bytes], url: str, body: bytes, clients: int, seconds: float
+) -> tuple[float, float | None]:
+    """The rate, and the server's CPU time per request in µs: where its time goes."""
+    before = cpu_seconds(process.pid)
+    rate = drive(url, body, clients, seconds)
+    after = cpu_seconds(process.pid)
+    if before is None or after is None:
+        return rate, None
+    return rate, (after - before) / (rate * seconds) * 1e6
 
 
 def main() -> None:
@@ -131,12 +155,17 @@ def main() -> None:
             drive(ours_url, body, args.clients, 1.0)  # warm-up
             drive(bare_url, body, args.clients, 1.0)
             ours_rates, bare_rates, ratios = [], [], []
+            ours_cpu: list[float] = []
+            bare_cpu: list[float] = []
             for _ in range(args.rounds):
-                a = drive(ours_url, body, args.clients, args.seconds)
-                b = drive(bare_url, body, args.clients, args.seconds)
+                a, a_cpu = timed_drive(ours, ours_url, body, args.clients, args.seconds)
+                b, b_cpu = timed_drive(bare, bare_url, body, args.clients, args.seconds)
                 ours_rates.append(a)
                 bare_rates.append(b)
                 ratios.append(a / b)
+                if a_cpu is not None and b_cpu is not None:
+                    ours_cpu.append(a_cpu)
+                    bare_cpu.append(b_cpu)
             stored = sum(1 for _ in (root / "feedback").glob("*.json"))
         finally:
             for process in (ours, bare):
@@ -154,6 +183,11 @@ def main() -> None:
     print(
         f"ratio service/bare:   median {statistics.median(ratios):.2f}  rounds {[round(r, 2) for r in ratios]}  (target >= 0.50)"
     )
+    if ours_cpu:
+        print(
+            f"server CPU per request (user + system): service {statistics.median(ours_cpu):.0f} µs, "
+            f"bare app {statistics.median(bare_cpu):.0f} µs"
+        )
     print(f"feedback files stored: {stored}")
 
 
