@@ -60,6 +60,18 @@ class AuthRequest:
     headers: Mapping[str, str]
     params: Mapping[str, str]
 
+    def bearer_token(self) -> str:
+        """The token of an ``Authorization: Bearer <token>`` header; ``Unauthorized``, worded
+        as the reference service words it, when the header or the token is missing."""
+        header = self.headers.get("authorization")
+        if not header:
+            raise Unauthorized("No Authorization header found")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("No token found in Authorization header")
+        return token
+
 
 @dataclass(frozen=True)
 class QueryRequest:

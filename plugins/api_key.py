@@ -155,13 +155,7 @@ class ApiKeyAuthenticator:
         self._keys_file = keys_file
 
     def authenticate(self, request: AuthRequest) -> Identity:
-        header = request.headers.get("authorization")
-        if not header:
-            raise Unauthorized("No Authorization header found")
-        scheme, _, key = header.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            raise Unauthorized("No token found in Authorization header")
+        key = request.bearer_token()
         digest = hashlib.sha256(key.encode("utf-8")).digest()
         entries = self._entries + (self._keys_file.entries() if self._keys_file else ())
         found: Identity | None = None

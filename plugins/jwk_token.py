@@ -277,14 +277,7 @@ class JwkTokenAuthenticator:
         self._admin_roles = frozenset(options["admin_roles"])
 
     def authenticate(self, request: AuthRequest) -> Identity:
-        header = request.headers.get("authorization")
-        if not header:
-            raise Unauthorized("No Authorization header found")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("No token found in Authorization header")
-        claims = self._verified_claims(token)
+        claims = self._verified_claims(request.bearer_token())
         return self._identity(claims)
 
     def _verified_claims(self, token: str) -> Mapping[str, Any]:

@@ -17,7 +17,6 @@ from lightspeed_collector.types import (
     Config,
     ConfigSchema,
     Identity,
-    Unauthorized,
 )
 
 DEFAULT_USER_ID = "00000000-0000-0000-0000-000"
@@ -52,12 +51,7 @@ class NoopAuthenticator:
 
     def authenticate(self, request: AuthRequest) -> Identity:
         if self.require_token:
-            header = request.headers.get("authorization")
-            if not header:
-                raise Unauthorized("No Authorization header found")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("No token found in Authorization header")
+            request.bearer_token()
         user_id = request.params.get("user_id") or self.default_user_id
         roles = frozenset({"admin"}) if user_id in self.admins else frozenset()
         return Identity(user_id=user_id, username=DEFAULT_USERNAME, roles=roles)
