@@ -2,21 +2,62 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from types import FrameType
+from typing import Any
 
 import waitress
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 
+from ..errors import BadRequest, PayloadTooLarge
 from ..service import Service
 from .app import create_app
+from .errors import envelope
 
 log = logging.getLogger(__name__)
 
 # waitress spools bodies before the app sees them; cap that spool a little above our own
-# limit so an oversized body is refused by us (with the usual error envelope) but an absurd
-# one never fills the disk.
+# limit, so a body slightly too large is read and refused by the app (naming its size, the
+# connection kept), while an absurd one is refused from its headers and never fills the disk.
 _SPOOL_SLACK = 1024 * 1024
+
+
+class _EnvelopeErrorTask(ErrorTask):  # type: ignore[misc]
+    """What waitress refuses before the app runs (a malformed request line, oversized
+    headers, a body past the spool cap) is answered in the service's JSON envelope too, so
+    a client handles one error shape whichever layer said no."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        if error.code == PayloadTooLarge.status:
+            limit = self.channel.server.adj.max_request_body_size - _SPOOL_SLACK
+            response = PayloadTooLarge.response
+            cause = f"Request body exceeds the limit of {limit} bytes"
+        else:
+            response = BadRequest.response if error.code == BadRequest.status else error.reason
+            cause = str(error.body).strip() or error.reason
+        body = json.dumps(envelope(response, cause)).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):  # type: ignore[misc]
+    error_task_class = _EnvelopeErrorTask
+
+
+def _use_envelope_errors(server: Any) -> None:
+    """waitress answers a listening socket's connections with its ``channel_class``; a
+    server listening on several sockets keeps one such server per socket in its map."""
+    listeners = [server, *getattr(server, "map", {}).values()]
+    for listener in listeners:
+        if hasattr(listener, "channel_class"):
+            listener.channel_class = _Channel
 
 
 def serve(service: Service) -> None:
@@ -31,6 +72,7 @@ def serve(service: Service) -> None:
         ident="lightspeed-collector",
         clear_untrusted_proxy_headers=True,
     )
+    _use_envelope_errors(server)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)

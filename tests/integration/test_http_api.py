@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import stat
 import uuid
 from collections.abc import Callable
@@ -287,6 +288,49 @@ def test_malformed_requests_get_clear_client_errors(
     assert_error(chunked, 413)
     assert_error(requests.get(f"{server.url}/v1/nothing-here", timeout=10), 404)
     assert_error(requests.delete(f"{server.url}/v1/feedback", timeout=10), 405)
+    assert "Traceback" not in server.log()
+
+
+def raw_exchange(server: RunningServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP library would send; answer the status, headers and body."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def test_requests_refused_before_the_app_runs_get_the_envelope_too(
+    server: RunningServer,
+) -> None:
+    # Far past the limit: waitress refuses it from the headers, before spooling the body.
+    status, headers, body = raw_exchange(
+        server,
+        b"POST /v1/feedback HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 50000000\r\n\r\n",
+    )
+    assert status == 413
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "detail": {
+            "response": "Request body too large",
+            "cause": "Request body exceeds the limit of 10485760 bytes",
+        }
+    }
+    status, headers, body = raw_exchange(server, b"NOT AN HTTP REQUEST\r\n\r\n")
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    detail = json.loads(body)["detail"]
+    assert detail["response"] == "Malformed request"
+    assert detail["cause"]
     assert "Traceback" not in server.log()
 
 
