@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # limit, so a body slightly too large is read and refused by the app (naming its size, the
 # connection kept), while an absurd one is refused from its headers and never fills the disk.
 _SPOOL_SLACK = 1024 * 1024
+_HEADERS_TOO_LARGE = 431
 
 
 class _EnvelopeErrorTask(ErrorTask):  # type: ignore[misc]
@@ -36,6 +37,10 @@ class _EnvelopeErrorTask(ErrorTask):  # type: ignore[misc]
             limit = self.channel.server.adj.max_request_body_size - _SPOOL_SLACK
             response = PayloadTooLarge.response
             cause = f"Request body exceeds the limit of {limit} bytes"
+        elif error.code == _HEADERS_TOO_LARGE:
+            limit = self.channel.server.adj.max_request_header_size
+            response = "Request headers too large"
+            cause = f"Request headers exceed the limit of {limit} bytes"
         else:
             response = BadRequest.response if error.code == BadRequest.status else error.reason
             cause = str(error.body).strip() or error.reason
