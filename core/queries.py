@@ -11,12 +11,13 @@ import binascii
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .conversations import ConversationStore
 from .errors import CollectorError, FieldError, ProviderFailed, ValidationFailed
 from .records import Clock, IdFactory, Pseudonymizer, RecordPipeline, rfc3339
+from .surrogates import replace_surrogates
 from .types import Answer, Attachment, Identity, QueryProvider, QueryRequest
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class QueryService:
     def ask(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
         """``body`` has passed the query request schema; the answer is the response body."""
         prepared = self._prepare(identity, body)
-        answer = prepared.provider.answer(prepared.request)
+        answer = valid_text(prepared.provider.answer(prepared.request))
         self._record(prepared, answer)
         return {
             "conversation_id": prepared.request.conversation_id,
@@ -214,10 +215,11 @@ class StreamedQuery:
                 chunk = next(self._source)
             except StopIteration as stop:
                 self._exhausted = True
-                self._summary = stop.value if isinstance(stop.value, Answer) else None
+                self._summary = valid_text(stop.value) if isinstance(stop.value, Answer) else None
                 return None
             if chunk:
-                return chunk
+                cleaned: str = replace_surrogates(chunk)
+                return cleaned
 
     def _close_source(self) -> None:
         close = getattr(self._source, "close", None)
@@ -250,6 +252,25 @@ class StreamedQuery:
             tool_calls=summary.tool_calls,
             tool_results=summary.tool_results,
         )
+
+
+def valid_text(answer: Answer) -> Answer:
+    """``answer`` with lone surrogates replaced (see :mod:`surrogates`), so the response, the
+    stream and the transcript all carry the same valid text whatever the provider sent."""
+    fields = {
+        "text": answer.text,
+        "model": answer.model,
+        "rag_chunks": answer.rag_chunks,
+        "referenced_documents": answer.referenced_documents,
+        "tool_calls": answer.tool_calls,
+        "tool_results": answer.tool_results,
+    }
+    changed = {
+        name: cleaned
+        for name, value in fields.items()
+        if (cleaned := replace_surrogates(value)) is not value
+    }
+    return replace(answer, **changed) if changed else answer
 
 
 def transcript(

@@ -169,7 +169,7 @@ class FilesystemSink:
             components = ()
         _check_component("record_id", record.record_id)
         directory = os.path.join(storage.root, *components)
-        data = (json.dumps(record.data, ensure_ascii=False) + "\n").encode("utf-8")
+        data = _encode(record.data)
         size = len(data)
         self._reserve(storage, size)
         stored = False
@@ -343,6 +343,16 @@ class FilesystemSink:
         os.close(fd)
         _remove(probe)
         return None
+
+
+def _encode(data: Any) -> bytes:
+    """UTF-8 JSON, one line. Text UTF-8 cannot carry (a lone surrogate, which the core keeps
+    out but a third-party redactor could put back) is written as JSON escapes instead, so the
+    record is still stored, exactly, in a file that is still valid UTF-8."""
+    try:
+        return (json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(data) + "\n").encode("ascii")
 
 
 def _check_component(field: str, value: str) -> None:

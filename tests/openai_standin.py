@@ -18,6 +18,7 @@ a test drives it through the real service:
 ``[gated]``        stream one token, then wait for ``gate`` before producing the rest
 ``[drip]``         stream ``DRIP_TOKENS`` tokens ``drip_interval`` apart (for disconnects)
 ``[recorded]``     answer with the OpenAI API reference's own example bodies
+``[surrogate]``    answer with half an emoji: a lone surrogate, sent as a JSON escape
 ``[close-delimited]``  stream without chunked encoding, ending at connection close
 
 When ``expected_key`` is set, a request with another key gets the 401 OpenAI sends, which
@@ -38,6 +39,8 @@ from typing import Any
 
 DATA = Path(__file__).parent / "data"
 ANSWER_TOKENS = ("Pods ", "are ", "the ", "smallest ", "units.")
+# Half of U+1F600: what a model emits when a token boundary splits a surrogate pair.
+SURROGATE_TOKENS = ("Half ", "an emoji: ", "\ud83d", "!")
 DRIP_TOKENS = 400
 PROMPT_TOKENS = 21
 
@@ -176,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "[recorded]" in text:
             return self._json(200, recorded_completion())
         tokens = ANSWER_TOKENS[:3] if "[length]" in text else ANSWER_TOKENS
+        if "[surrogate]" in text:
+            tokens = SURROGATE_TOKENS
         return self._json(
             200,
             {
@@ -246,6 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
             tokens: tuple[str, ...] = tuple(f"t{index} " for index in range(DRIP_TOKENS))
         elif "[length]" in text:
             tokens = ANSWER_TOKENS[:3]
+        elif "[surrogate]" in text:
+            tokens = SURROGATE_TOKENS
         else:
             tokens = ANSWER_TOKENS
         for index, token in enumerate(tokens):

@@ -11,7 +11,8 @@ from typing import Any
 
 import falcon
 
-from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ..errors import BadRequest, FieldError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from ..surrogates import find_surrogate, may_hold_surrogates
 
 _JSON_TYPES = ("application/json",)
 
@@ -35,7 +36,7 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
     if not raw.strip():
         raise BadRequest("Request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except UnicodeDecodeError:
         raise BadRequest("Request body is not UTF-8 encoded JSON") from None
     except json.JSONDecodeError as exc:
@@ -44,3 +45,21 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
         ) from None
     except RecursionError:
         raise BadRequest("Request body is nested too deeply") from None
+    if may_hold_surrogates(raw):
+        _refuse_surrogates(data)
+    return data
+
+
+def _refuse_surrogates(data: Any) -> None:
+    """A 422 naming the field, before anything echoes the text back or tries to store it."""
+    found = find_surrogate(data, ("body",))
+    if found is None:
+        return
+    loc, code_point, in_key = found
+    where = ".".join(str(part) for part in loc[1:]) or "body"
+    escape = f"\\u{ord(code_point):04x}"
+    if in_key:
+        message = f"A field name in '{where}' holds an unpaired UTF-16 surrogate ({escape})"
+    else:
+        message = f"Field '{where}' holds an unpaired UTF-16 surrogate ({escape})"
+    raise ValidationFailed([FieldError(loc, f"{message}, which is not valid Unicode text")])

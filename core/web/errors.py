@@ -13,6 +13,7 @@ from typing import Any
 import falcon
 
 from ..errors import CollectorError, RateLimited, ValidationFailed
+from ..surrogates import replace_surrogates
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ def envelope(
     detail: dict[str, Any] = {"response": response, "cause": cause}
     if errors is not None:
         detail["errors"] = errors
-    return {"detail": detail}
+    # A provider's error text may hold lone surrogates, which no JSON response can carry.
+    cleaned: dict[str, Any] = replace_surrogates({"detail": detail})
+    return cleaned
 
 
 def handle_collector_error(

@@ -291,6 +291,46 @@ def test_malformed_requests_get_clear_client_errors(
     assert "Traceback" not in server.log()
 
 
+def test_unpaired_surrogate_escapes_are_422_naming_the_field(server: RunningServer) -> None:
+    def post(path: str, text: str) -> requests.Response:
+        return requests.post(
+            f"{server.url}{path}",
+            data=text.encode(),
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+
+    detail = assert_error(post("/v1/query", '{"query": "hi \\ud800 there"}'), 422)
+    assert detail["errors"] == [
+        {
+            "loc": ["body", "query"],
+            "msg": "Field 'query' holds an unpaired UTF-16 surrogate (\\ud800), "
+            "which is not valid Unicode text",
+        }
+    ]
+    detail = assert_error(
+        post("/v1/query", '{"query": "hi", "attachments": [{"content": "\\uDFFF"}]}'), 422
+    )
+    assert detail["errors"][0]["loc"] == ["body", "attachments", 0, "content"]
+    detail = assert_error(post("/v1/query", '{"query": "hi", "\\ud83d": 1}'), 422)
+    assert detail["errors"][0]["loc"] == ["body"]
+    assert "A field name in 'body'" in detail["cause"]
+
+    # A proper pair is one character, stored as such.
+    answer = post("/v1/query", '{"query": "smile \\ud83d\\ude00"}')
+    assert answer.status_code == 200, answer.text
+    conversation_id = answer.json()["conversation_id"]
+    [stored] = stored_files(server.root / "transcripts")
+    assert json.loads(stored.read_text())["redacted_query"] == "smile \U0001f600"
+    body = json.dumps(feedback_body(conversation_id, user_feedback="x")).replace(
+        '"x"', '"bad \\udc00"'
+    )
+    detail = assert_error(post("/v1/feedback", body), 422)
+    assert detail["errors"][0]["loc"] == ["body", "user_feedback"]
+    assert stored_files(server.root / "feedback") == []
+    assert "Traceback" not in server.log()
+
+
 def raw_exchange(server: RunningServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send bytes no HTTP library would send; answer the status, headers and body."""
     host, port = server.url.removeprefix("http://").rsplit(":", 1)

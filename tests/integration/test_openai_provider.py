@@ -121,6 +121,18 @@ def test_finish_reason_length_marks_the_answer_truncated(
     assert transcripts(server)[0]["truncated"] is True
 
 
+def test_a_lone_surrogate_in_the_answer_is_replaced_not_a_500(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    server = server_factory(provider_config(standin))
+    answer = ask(server, "[surrogate] smile")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["response"] == "Half an emoji: \ufffd!"
+    [record] = transcripts(server)
+    assert record["llm_response"] == "Half an emoji: \ufffd!"
+    assert "Traceback" not in server.log()
+
+
 def test_upstream_failures_map_to_clear_statuses_never_500(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:

@@ -179,6 +179,18 @@ def test_openai_stream_of_recorded_chunks_and_length_and_close_delimited(
     assert sorted(r["truncated"] for r in records) == [False, False, True]
 
 
+def test_a_lone_surrogate_from_the_provider_streams_and_is_stored_as_u_fffd(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    server = openai_server(server_factory, standin)
+    events = post_stream(server.url, {"query": "[surrogate] smile"}).events()
+    assert answer_text(events) == "Half an emoji: \ufffd!"
+    assert events[-1]["event"] == "end"
+    [record] = wait_for_transcripts(server)
+    assert record["llm_response"] == "Half an emoji: \ufffd!"
+    assert "Traceback" not in server.log()
+
+
 def test_first_token_arrives_before_the_provider_produced_the_last(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:

@@ -82,15 +82,24 @@ def test_blocked_extra_plugin_is_not_registered(make_config: Callable[..., Confi
     assert observer.events == []
 
 
+def any_text(max_size: int, min_size: int = 0) -> st.SearchStrategy[str]:
+    """Text with lone surrogates among the characters: JSON can spell them as escapes, UTF-8
+    cannot encode them. (``st.text`` leaves them out whatever its alphabet.)"""
+    characters = st.characters() | st.characters(categories=["Cs"])
+    return st.lists(characters, min_size=min_size, max_size=max_size).map("".join)
+
+
 json_bodies = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text(max_size=20),
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+        st.lists(children, max_size=4)
+        | st.dictionaries(any_text(max_size=10), children, max_size=5)
     ),
     max_leaves=12,
 )
 field_values = st.one_of(
     json_bodies,
+    any_text(max_size=20),
     st.sampled_from(["00000000-0000-4000-8000-000000000001", "a" * 48, -1, 1, 0, "other"]),
 )
 ROUTES = [("POST", "/v1/query"), ("POST", "/v1/feedback"), ("PUT", "/v1/feedback/status")]
@@ -128,6 +137,25 @@ def test_no_client_body_yields_a_server_error(
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert set(response.json["detail"]) >= {"response", "cause"}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=any_text(min_size=1, max_size=30),
+    field=st.sampled_from(["query", "system_prompt"]),
+)
+def test_any_text_a_query_carries_is_answered_or_refused_never_a_500(
+    client: testing.TestClient, text: str, field: str
+) -> None:
+    body = {"query": "hi", field: text}
+    response = client.simulate_post(
+        "/v1/query", body=json.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 422:
+        assert response.json["detail"]["errors"][0]["loc"] == ["body", field]
 
 
 @settings(

@@ -100,6 +100,19 @@ def test_feedback_is_one_utf8_json_file_named_after_the_record(
     assert "Très bien 👍" in Path(location).read_text("utf-8")
 
 
+def test_text_utf8_cannot_carry_is_stored_exactly_as_json_escapes(
+    sink: FilesystemSink, roots: tuple[Path, Path]
+) -> None:
+    record = feedback("half an emoji \ud83d, and é")
+
+    location = sink.write(record)
+
+    raw = Path(location).read_bytes()
+    assert raw.isascii()
+    assert b"\\ud83d" in raw
+    assert json.loads(raw.decode("utf-8")) == record.data
+
+
 def test_transcript_lives_under_user_and_conversation(
     sink: FilesystemSink, roots: tuple[Path, Path]
 ) -> None:
