@@ -46,13 +46,15 @@ class FeedbackService:
         conversation_id = body["conversation_id"].lower()
         self._conversations.check_access(conversation_id, user_key)
         categories = body.get("categories")
+        sentiment = body.get("sentiment")
         record = {
             "user_id": user_key,
             "timestamp": rfc3339(self._clock()),
             "conversation_id": conversation_id,
             "user_question": body["user_question"],
             "llm_response": body["llm_response"],
-            "sentiment": body.get("sentiment"),
+            # JSON lets a client write 1.0 for 1; records hold the integer either way.
+            "sentiment": None if sentiment is None else int(sentiment),
             "user_feedback": body.get("user_feedback"),
             "categories": list(dict.fromkeys(categories)) if categories else None,
         }

@@ -196,6 +196,20 @@ def test_feedback_is_stored_with_the_same_pseudonym_as_transcripts(server: Runni
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_a_sentiment_written_as_a_float_is_stored_as_the_integer(server: RunningServer) -> None:
+    conversation_id = ask(server).json()["conversation_id"]
+    text = json.dumps(feedback_body(conversation_id)).replace('"sentiment": 1', '"sentiment": -1.0')
+    response = requests.post(
+        f"{server.url}/v1/feedback",
+        data=text,
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    [path] = stored_files(server.root / "feedback")
+    assert '"sentiment": -1,' in path.read_text()
+
+
 def test_feedback_validation_uses_the_reference_wording(server: RunningServer) -> None:
     conversation_id = ask(server).json()["conversation_id"]
 
