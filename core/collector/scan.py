@@ -48,7 +48,9 @@ class Storage:
     root: str
 
 
-@dataclass(frozen=True, slots=True)
+# SourceFile and OpenedFile are built once per record on the packing path; not frozen,
+# since a frozen dataclass takes three times as long to build.
+@dataclass(slots=True)
 class SourceFile:
     storage: Storage
     path: str
@@ -111,7 +113,7 @@ def _prune_if_stale(directory: str, now: float) -> None:
         pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpenedFile:
     fd: int
     size: int

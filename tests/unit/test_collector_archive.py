@@ -133,6 +133,14 @@ def test_ustar_header_matches_what_tarfile_reads() -> None:
     assert info.type == tarfile.REGTYPE
 
 
+def test_ustar_checksum_holds_for_the_largest_byte_sum_a_header_can_have() -> None:
+    # Every name and prefix byte at the top of ASCII, every digit of size and mtime a 7.
+    name = "\x7f" * 155 + "/" + "\x7f" * 100
+    header = tar_header(name, 8**11 - 1, 8**11 - 1)
+    info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")  # checks the sum
+    assert (info.name, info.size, info.mtime) == (name, 8**11 - 1, 8**11 - 1)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     limit=st.integers(min_value=1024, max_value=200_000),
