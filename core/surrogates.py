@@ -28,6 +28,11 @@ def may_hold_surrogates(raw: bytes) -> bool:
     return _SURROGATE_ESCAPE.search(raw) is not None
 
 
+def holds_surrogate(*texts: str | None) -> bool:
+    """Whether any of ``texts`` holds a lone surrogate."""
+    return any(text is not None and _SURROGATE.search(text) for text in texts)
+
+
 def find_surrogate(value: Any, loc: Location = ()) -> tuple[Location, str, bool] | None:
     """A lone surrogate in decoded JSON: where it is, the code point, and whether it is in a
     key (the location then ends at the object holding that key). Walked with a stack, not

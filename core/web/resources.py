@@ -8,8 +8,9 @@ from typing import Any
 import falcon
 
 from .. import validation
-from ..errors import ValidationFailed
+from ..errors import Unauthorized, ValidationFailed
 from ..service import Service
+from ..surrogates import holds_surrogate
 from ..types import AuthRequest, Identity
 from .body import read_json
 
@@ -25,7 +26,14 @@ class Endpoint:
         headers = {name.lower(): value for name, value in req.headers.items()}
         params = {k: v if isinstance(v, str) else v[-1] for k, v in req.params.items()}
         request = AuthRequest(method=req.method, path=req.path, headers=headers, params=params)
-        return self.service.authenticator.authenticate(request)
+        identity = self.service.authenticator.authenticate(request)
+        if holds_surrogate(identity.user_id, identity.username, *identity.roles):
+            # It would be pseudonymized, logged and echoed; none of that can carry it.
+            raise Unauthorized(
+                "The authenticated identity is not valid Unicode text (it holds an unpaired "
+                "UTF-16 surrogate); check the claims the identity provider issues"
+            )
+        return identity
 
     def body(self, req: falcon.Request, schema: str) -> dict[str, Any]:
         data = read_json(req, self.max_bytes)

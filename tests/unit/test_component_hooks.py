@@ -7,6 +7,7 @@ hook, so these tests hold the kernel to calling ``register_record_sinks``,
 
 from __future__ import annotations
 
+import json
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,43 @@ def test_a_plugin_authenticator_decides_who_asks(make_config: Callable[..., Conf
             ).json["status"]["updated_by"]
             == "root"
         )
+    finally:
+        service.close()
+
+
+class ClaimsAuthenticator:
+    """Takes the user from a JSON-encoded header, as claims decoded from a token would be."""
+
+    name = "json-claims"
+
+    def authenticate(self, request: AuthRequest) -> Identity:
+        claims = json.loads(request.headers["x-claims"])
+        return Identity(user_id=claims["sub"], roles=frozenset(claims.get("roles", [])))
+
+
+class ClaimsPlugin:
+    @hookimpl
+    def register_authenticators(self, config: Config) -> list[ClaimsAuthenticator]:
+        return [ClaimsAuthenticator()]
+
+
+def test_an_identity_that_is_not_valid_unicode_is_401_not_a_500(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config({"authentication": {"module": "json-claims"}})
+    service = build_service(config, extra_plugins={"claims": ClaimsPlugin()})
+    try:
+        client = testing.TestClient(create_app(service))
+        for claims in ('{"sub": "al\\ud800ice"}', '{"sub": "bob", "roles": ["\\udfff"]}'):
+            refused = client.simulate_post(
+                "/v1/query", json={"query": "hi"}, headers={"X-Claims": claims}
+            )
+            assert refused.status_code == 401, refused.text
+            assert "not valid Unicode" in refused.json["detail"]["cause"]
+        asked = client.simulate_post(
+            "/v1/query", json={"query": "hi"}, headers={"X-Claims": '{"sub": "zo\\u00eb"}'}
+        )
+        assert asked.status_code == 200, asked.text
     finally:
         service.close()
 
