@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .surrogates import replace_surrogates
+
 
 class CollectorError(Exception):
     """Base of every error the service raises on purpose."""
@@ -18,10 +20,13 @@ class CollectorError(Exception):
     response: str = "Internal server error"
 
     def __init__(self, cause: str, *, response: str | None = None) -> None:
+        # Causes often quote what a provider or receiver said, which may hold lone
+        # surrogates; every response, stream and log line must be able to carry them.
+        cause = replace_surrogates(cause)
         super().__init__(cause)
         self.cause = cause
         if response is not None:
-            self.response = response
+            self.response = replace_surrogates(response)
 
 
 class BadRequest(CollectorError):

@@ -19,6 +19,7 @@ a test drives it through the real service:
 ``[drip]``         stream ``DRIP_TOKENS`` tokens ``drip_interval`` apart (for disconnects)
 ``[recorded]``     answer with the OpenAI API reference's own example bodies
 ``[surrogate]``    answer with half an emoji: a lone surrogate, sent as a JSON escape
+``[garbled]``      500 whose error message holds such a lone surrogate
 ``[close-delimited]``  stream without chunked encoding, ending at connection close
 
 When ``expected_key`` is set, a request with another key gets the 401 OpenAI sends, which
@@ -146,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "server_error",
                 None,
             )
+        if "[garbled]" in text:
+            return self._error(500, "upstream broke \ud83d here", "server_error", None)
         if "[notfound]" in text:
             return self._error(
                 404,

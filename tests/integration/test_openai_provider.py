@@ -130,6 +130,9 @@ def test_a_lone_surrogate_in_the_answer_is_replaced_not_a_500(
     assert answer.json()["response"] == "Half an emoji: \ufffd!"
     [record] = transcripts(server)
     assert record["llm_response"] == "Half an emoji: \ufffd!"
+    failed = ask(server, "[garbled] go")
+    assert failed.status_code == 502, failed.text
+    assert "upstream broke \ufffd here" in failed.json()["detail"]["cause"]
     assert "Traceback" not in server.log()
 
 
