@@ -71,5 +71,5 @@ def replace_surrogates(value: Any) -> Any:
         replaced = [replace_surrogates(item) for item in value]
         if all(new is old for new, old in zip(replaced, value, strict=True)):
             return value
-        return type(value)(replaced)
+        return replaced if isinstance(value, list) else tuple(replaced)
     return value

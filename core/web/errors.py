@@ -24,7 +24,9 @@ def envelope(
     detail: dict[str, Any] = {"response": response, "cause": cause}
     if errors is not None:
         detail["errors"] = errors
-    # A provider's error text may hold lone surrogates, which no JSON response can carry.
+    # Error causes are scrubbed where they are made (CollectorError); field messages written
+    # by plugins and Falcon's own errors are not, and no JSON response can carry a lone
+    # surrogate.
     cleaned: dict[str, Any] = replace_surrogates({"detail": detail})
     return cleaned
 
