@@ -20,7 +20,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from typing import IO, Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -155,6 +155,9 @@ class IngressExporter:
                 headers=headers,
                 auth=_BearerToken(token) if token else None,
                 timeout=timeout,
+                # Followed, a 301/302/303 turns the upload into a GET of the new address,
+                # whose 200 would count an archive nobody received as sent.
+                allow_redirects=False,
             )
         except requests.Timeout:
             raise ExportUnavailable(f"{where} did not answer within {timeout} s") from None
@@ -186,6 +189,16 @@ class IngressExporter:
         message = _message(response)
         if message:
             detail = f"{detail}: {message}"
+        if 300 <= status < 400:
+            location = response.headers.get("Location")
+            target = f" to {_where(urljoin(where, location))}" if location else ""
+            raise ExportMisconfigured(
+                f"{where} answered {status} {response.reason or ''}".rstrip()
+                + f", redirecting{target}; uploads do not follow redirects, so set the "
+                "address that accepts them",
+                status=status,
+                setting=f"{SETTINGS_PATH}.ingress_server_url",
+            )
         if status == 413:
             raise ArchiveTooLarge(detail, status=status)
         if status in (401, 403):

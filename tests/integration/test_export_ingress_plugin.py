@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -198,6 +201,52 @@ def test_a_wrong_path_points_at_the_url(
     with pytest.raises(ExportMisconfigured) as refused:
         exporter_for(stub.url.replace("/upload", "/uplaod")).export(archive_file(tmp_path))
     assert refused.value.setting == f"{SETTINGS}.ingress_server_url"
+
+
+class _Redirecting(BaseHTTPRequestHandler):
+    """Answers every upload with a redirect, and any GET with a friendly 200 page: what a
+    gateway in front of the real server might do."""
+
+    status: ClassVar[int] = 302
+    gets: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(self.status)
+        self.send_header("Location", "/welcome?session=x")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.gets.append(self.path)
+        page = b"<html>welcome</html>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_keeps_the_archive_and_points_at_the_url(
+    exporter_for: Callable[..., IngressExporter], tmp_path: Path, status: int
+) -> None:
+    handler = type("Handler", (_Redirecting,), {"status": status, "gets": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/api/ingress/v1/upload"
+        with pytest.raises(ExportMisconfigured) as refused:
+            exporter_for(url).export(archive_file(tmp_path))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert refused.value.status == status
+    assert refused.value.setting == f"{SETTINGS}.ingress_server_url"
+    assert f"redirecting to http://127.0.0.1:{server.server_port}/welcome;" in refused.value.detail
+    assert handler.gets == []  # the upload was not turned into a GET of the new address
 
 
 @pytest.mark.parametrize(
