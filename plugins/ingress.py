@@ -42,6 +42,8 @@ SETTINGS_PATH = "user_data_collection.data_collector"
 CONTENT_TYPE = "application/vnd.redhat.{service}.periodic+tar"
 _READ_CHUNK = 64 * 1024
 _DETAIL_LIMIT = 300
+# Enough for any answer the ingress gives (a small JSON object); more is never read.
+_ANSWER_LIMIT = 64 * 1024
 _RETRYABLE = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,8 @@ class IngressExporter:
                 # Followed, a 301/302/303 turns the upload into a GET of the new address,
                 # whose 200 would count an archive nobody received as sent.
                 allow_redirects=False,
+                # The answer is read by us, and only its first _ANSWER_LIMIT bytes.
+                stream=True,
             )
         except requests.Timeout:
             raise ExportUnavailable(f"{where} did not answer within {timeout} s") from None
@@ -175,8 +179,9 @@ class IngressExporter:
 
     def _receipt(self, response: requests.Response, archive: Archive, where: str) -> Receipt:
         status = response.status_code
+        answer = _read_answer(response)
         if 200 <= status < 300:
-            request_id = _request_id(response)
+            request_id = _request_id(answer)
             if request_id is None:
                 log.warning(
                     "%s accepted archive %s with status %d but sent no request_id; counted as sent",
@@ -186,7 +191,7 @@ class IngressExporter:
                 )
             return Receipt(status=status, request_id=request_id, detail=None)
         detail = f"{where} answered {status} {response.reason or ''}".rstrip()
-        message = _message(response)
+        message = _message(answer)
         if message:
             detail = f"{detail}: {message}"
         if 300 <= status < 400:
@@ -239,28 +244,34 @@ def _reason(exc: requests.RequestException) -> str:
     return type(cause).__name__ if not str(cause) else f"{type(cause).__name__}: {str(cause)[:120]}"
 
 
-def _request_id(response: requests.Response) -> str | None:
+def _read_answer(response: requests.Response) -> Any:
+    """The server's answer: its JSON if it is JSON, else its text; at most _ANSWER_LIMIT
+    bytes are read, so a server answering with an endless page cannot exhaust memory."""
+    try:
+        raw = next(response.iter_content(_ANSWER_LIMIT), b"")
+    except requests.RequestException:
+        return ""
+    text = raw.decode(response.encoding or "utf-8", errors="replace")
     # The real server sets no JSON content type on its answer, so the body is parsed as
     # JSON whatever the header says.
     try:
-        body = response.json()
+        return json.loads(text)
     except ValueError:
-        return None
-    if isinstance(body, dict) and isinstance(body.get("request_id"), str) and body["request_id"]:
-        return str(body["request_id"])
+        return text
+
+
+def _request_id(answer: Any) -> str | None:
+    if isinstance(answer, dict) and isinstance(answer.get("request_id"), str):
+        return answer["request_id"] or None
     return None
 
 
-def _message(response: requests.Response) -> str:
-    text = response.text.strip()
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
+def _message(answer: Any) -> str:
+    text = answer if isinstance(answer, str) else json.dumps(answer)
+    if isinstance(answer, dict):
         for key in ("message", "detail", "error", "errors"):
-            if body.get(key):
-                value = body[key]
+            if answer.get(key):
+                value = answer[key]
                 text = value if isinstance(value, str) else json.dumps(value)
                 break
     return " ".join(text.split())[:_DETAIL_LIMIT]

@@ -249,6 +249,45 @@ def test_a_redirect_keeps_the_archive_and_points_at_the_url(
     assert handler.gets == []  # the upload was not turned into a GET of the new address
 
 
+class _HugeAnswer(BaseHTTPRequestHandler):
+    """Refuses every upload with a 500 whose page goes on for 200 MB."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(500)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        chunk = b"<p>" + b"error " * 10_000 + b"</p>"
+        try:
+            for _ in range(3_400):  # 200 MB: far more than anyone should read
+                self.wfile.write(chunk)
+        except OSError:
+            pass  # the client stopped reading, as it should
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_huge_answer_is_read_only_in_part(
+    exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HugeAnswer)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api/ingress/v1/upload"
+    tracemalloc.start()
+    try:
+        with pytest.raises(ExportUnavailable) as failed:
+            exporter_for(url).export(archive_file(tmp_path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.shutdown()
+        server.server_close()
+    assert failed.value.status == 500
+    assert "answered 500 Internal Server Error: <p>error error" in failed.value.detail
+    assert peak < 2 * 1024 * 1024, f"{peak} bytes held for an error page"
+
+
 @pytest.mark.parametrize(
     ("options", "status", "retry_after"),
     [
