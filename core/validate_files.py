@@ -166,6 +166,8 @@ def check_batch(files: Sequence[str], kind: str | None) -> list[FileResult]:
 def check_file(file: str, kind: str | None = None) -> FileResult:
     try:
         raw = _read(file)
+    except NotARegularFile:
+        return FileResult(file, kind, (Problem("$", "read", "not a regular file"),))
     except OSError as exc:
         return FileResult(file, kind, (Problem("$", "read", f"cannot read: {exc.strerror}"),))
     try:
@@ -186,16 +188,25 @@ def check_file(file: str, kind: str | None = None) -> FileResult:
         return FileResult(file, kind, (Problem("$", "json", "nested too deeply"),))
 
 
+class NotARegularFile(Exception):
+    """A FIFO, device or socket: reading one could block forever or never end."""
+
+
 def _read(file: str) -> bytes:
     """The whole file in as few system calls as the OS allows: records are small and many,
-    so a buffered file object's set-up costs more than the read itself."""
-    fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    so a buffered file object's set-up costs more than the read itself. Opened without
+    blocking, so a FIFO named like a record is reported instead of waited on."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(file, flags)
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile(file)
+        size = info.st_size
         data = os.read(fd, size + 1)
         if len(data) <= size:
             return data
-        # The file grew since fstat (or is not a regular file): read to the end.
+        # The file grew since fstat: read to the end.
         chunks = [data]
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)

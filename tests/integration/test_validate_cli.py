@@ -116,6 +116,21 @@ def test_unreadable_and_non_json_files_are_invalid_without_a_traceback(tmp_path:
     assert report["invalid"] == report["checked"] == 8
 
 
+def test_a_fifo_named_like_a_record_is_reported_not_waited_on(tmp_path: Path) -> None:
+    write(tmp_path / "records" / "ok.json", example("feedback"))
+    fifo = tmp_path / "records" / "pipe.json"
+    os.mkfifo(fifo)
+
+    for args in ([str(tmp_path / "records")], [str(fifo), os.devnull]):
+        result = validate(*args, "--format", "json")
+
+        assert result.returncode == 1, result.stderr
+        report = json.loads(result.stdout)
+        problems = {entry["file"]: entry["errors"] for entry in report["files"] if entry["errors"]}
+        [problem] = problems[str(fifo)]
+        assert (problem["rule"], problem["message"]) == ("read", "not a regular file")
+
+
 def test_kind_option_overrides_detection(tmp_path: Path) -> None:
     feedback = write(tmp_path / "f.json", example("feedback"))
     assert validate(str(feedback)).returncode == 0
