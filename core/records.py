@@ -101,11 +101,12 @@ class RecordPipeline:
         redacted = self.redact(data)
         problems = validation.check(kind, redacted)
         if problems:
-            detail = "; ".join(
-                f"{'.'.join(map(str, p.loc)) or '<root>'}: {p.msg}" for p in problems
+            # Fields only: the messages quote values, and those are what users typed.
+            fields = ", ".join(
+                dict.fromkeys(".".join(map(str, p.loc)) or "<root>" for p in problems)
             )
-            log.error("built %s record failed its schema and was not stored: %s", kind, detail)
-            raise RecordInvalid(f"The {kind} record failed schema validation: {detail}")
+            log.error("built %s record failed its schema and was not stored: %s", kind, fields)
+            raise RecordInvalid(f"The {kind} record failed schema validation at: {fields}")
         record = Record(kind, self._new_id(), user_key, conversation_id, redacted)
         locations = [sink.write(record) for sink in self._sinks]
         self._stored_counters[kind].inc()

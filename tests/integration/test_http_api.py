@@ -210,6 +210,23 @@ def test_a_sentiment_written_as_a_float_is_stored_as_the_integer(server: Running
     assert '"sentiment": -1,' in path.read_text()
 
 
+def test_feedback_at_its_longest_is_stored_even_when_redaction_lengthens_it(
+    server: RunningServer,
+) -> None:
+    conversation_id = ask(server).json()["conversation_id"]
+    text = ("mail a@b.co " * 400)[:4096]
+    response = requests.post(
+        f"{server.url}/v1/feedback",
+        json=feedback_body(conversation_id, user_feedback=text),
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    [path] = stored_files(server.root / "feedback")
+    stored = json.loads(path.read_text())["user_feedback"]
+    assert "@" not in stored and len(stored) > 4096
+    assert not validation.check("feedback", json.loads(path.read_text()))
+
+
 def test_feedback_validation_uses_the_reference_wording(server: RunningServer) -> None:
     conversation_id = ask(server).json()["conversation_id"]
 

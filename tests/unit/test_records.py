@@ -87,11 +87,12 @@ def test_redactors_run_in_configured_order_over_free_text_only() -> None:
 def test_invalid_record_reaches_no_sink_and_no_observer() -> None:
     sink = ListSink()
     observer = RecordingObserver()
-    with pytest.raises(RecordInvalid, match="sentiment"):
+    with pytest.raises(RecordInvalid, match="sentiment") as refused:
         pipeline([], sink, observer).store(
             "feedback", feedback(sentiment=5), USER_KEY, CONVERSATION
         )
     assert sink.records == [] and observer.stored == []
+    assert "5" not in refused.value.cause  # fields are named, values never quoted
 
 
 def test_a_failing_redactor_stores_nothing() -> None:
