@@ -89,11 +89,15 @@ def resolve_secret(settings: Mapping[str, Any], key: str, where: str = "") -> st
     path = settings.get(f"{key}_file")
     if path:
         try:
-            return Path(path).read_text("utf-8").strip()
+            # utf-8-sig: editors on some systems start a UTF-8 file with a byte-order mark,
+            # which would otherwise become part of the secret.
+            return Path(path).read_text("utf-8-sig").strip()
         except OSError as exc:
             raise ConfigError(
                 f"{prefix}{key}_file", f"cannot read {path}: {exc.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{prefix}{key}_file", f"{path} is not UTF-8 text") from None
     env = settings.get(f"{key}_env")
     if env:
         if env not in os.environ:

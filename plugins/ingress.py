@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from typing import IO, Any
@@ -42,6 +43,8 @@ SETTINGS_PATH = "user_data_collection.data_collector"
 CONTENT_TYPE = "application/vnd.redhat.{service}.periodic+tar"
 _READ_CHUNK = 64 * 1024
 _DETAIL_LIMIT = 300
+# Visible ASCII: what a bearer token is made of, and all an HTTP header can carry safely.
+_TOKEN_SHAPE = re.compile(r"[\x21-\x7e]+")
 # Enough for any answer the ingress gives (a small JSON object); more is never read.
 _ANSWER_LIMIT = 64 * 1024
 _RETRYABLE = frozenset({408, 425, 429}) | frozenset(range(500, 600))
@@ -138,6 +141,12 @@ class IngressExporter:
             )
         except ConfigError as exc:
             raise ExportMisconfigured(exc.problem, setting=exc.path) from None
+        if token is not None and not _TOKEN_SHAPE.fullmatch(token):
+            raise ExportMisconfigured(
+                "the token holds characters an Authorization header cannot carry (spaces, "
+                "control or non-ASCII characters)",
+                setting=f"{SETTINGS_PATH}.ingress_server_auth_token",
+            )
         headers = {
             "User-Agent": settings.get("user_agent") or f"lightspeed-collector/{__version__}",
         }

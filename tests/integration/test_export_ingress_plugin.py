@@ -162,6 +162,20 @@ def test_a_2xx_without_request_id_is_a_success_with_a_warning(
     assert "sent no request_id; counted as sent" in caplog.text
 
 
+@pytest.mark.parametrize("token", ["tok\u2014abc", "tok abc", "tok\tabc"])
+def test_a_token_no_header_can_carry_points_at_the_token(
+    exporter_for: Callable[..., IngressExporter], tmp_path: Path, token: str
+) -> None:
+    # Refused before any connection: nothing listens at this address.
+    exporter = exporter_for(
+        "http://127.0.0.1:9/api/ingress/v1/upload", ingress_server_auth_token=token
+    )
+    with pytest.raises(ExportMisconfigured) as refused:
+        exporter.export(archive_file(tmp_path))
+    assert refused.value.setting == f"{SETTINGS}.ingress_server_auth_token"
+    assert token not in refused.value.detail
+
+
 def test_413_means_too_large_with_the_servers_message(
     stub_with: Callable[..., Stub], exporter_for: Callable[..., IngressExporter], tmp_path: Path
 ) -> None:

@@ -113,6 +113,11 @@ def test_reference_document_keys_are_accepted_exactly(make_config: Callable[...,
             "user_data_collection.data_collector.ingress_content_service_name: 'Light_Speed' is not a valid service name",
         ),
         ({"service": {"log_level": "loud"}}, "service.log_level"),
+        (
+            {"user_data_collection": {"data_collector": {"user_agent": "ols\u2014operator"}}},
+            "user_data_collection.data_collector.user_agent: 'ols\u2014operator' cannot be sent "
+            "as a User-Agent header",
+        ),
     ],
 )
 def test_errors_name_the_key_path(
@@ -188,6 +193,18 @@ def test_secrets_from_value_file_and_environment(
         config.resolve_secret({"user_id_salt_file": str(tmp_path / "nope")}, "user_id_salt")
     with pytest.raises(ConfigError, match="UNSET_VAR is not set"):
         config.resolve_secret({"user_id_salt_env": "UNSET_VAR"}, "user_id_salt")
+
+
+def test_a_secret_file_may_start_with_a_byte_order_mark_but_must_be_utf8(
+    tmp_path: Path,
+) -> None:
+    config = default_config()
+    secret_file = tmp_path / "token"
+    secret_file.write_bytes(b"\xef\xbb\xbftok-abc\r\n")
+    assert config.resolve_secret({"token_file": str(secret_file)}, "token") == "tok-abc"
+    secret_file.write_bytes(b"tok\xff\n")
+    with pytest.raises(ConfigError, match=r"token_file: .* is not UTF-8 text"):
+        config.resolve_secret({"token_file": str(secret_file)}, "token")
 
 
 def test_masked_config_hides_every_secret(make_config: Callable[..., Config]) -> None:
