@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 PROVIDER_TYPE = "openai"
 DEFAULT_TIMEOUT_SECONDS = 60
 DEFAULT_KEY_HEADER = "Authorization"
+# Visible ASCII: what API keys are made of, and all an HTTP header can carry safely.
+_KEY_SHAPE = re.compile(r"[\x21-\x7e]+")
 KEY_SOURCES = ("api_key", "api_key_file", "api_key_env")
 # Upstream error text is passed on to help, but a page of HTML from a proxy helps nobody.
 MAX_UPSTREAM_MESSAGE = 300
@@ -246,6 +249,9 @@ class OpenAIProvider:
             raise self._failed("has no usable API key; the service log says why") from None
         if not key:
             log.error("provider %s: the configured API key is empty", self.name)
+            raise self._failed("has no usable API key; the service log says why")
+        if not _KEY_SHAPE.fullmatch(key):
+            log.error("provider %s: the API key holds characters no header can carry", self.name)
             raise self._failed("has no usable API key; the service log says why")
         return key
 
@@ -511,6 +517,12 @@ def _check_key_sources(name: str, settings: Mapping[str, Any], config: Config) -
     value = config.resolve_secret(settings, "api_key", f"query.providers.{name}")
     if not value:
         raise ConfigError(f"query.providers.{name}.{given[0]}", "the API key is empty")
+    if not _KEY_SHAPE.fullmatch(value):
+        raise ConfigError(
+            f"query.providers.{name}.{given[0]}",
+            "the API key holds characters an HTTP header cannot carry (spaces, control or "
+            "non-ASCII characters)",
+        )
 
 
 @hookimpl

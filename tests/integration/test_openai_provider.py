@@ -136,6 +136,21 @@ def test_a_lone_surrogate_in_the_answer_is_replaced_not_a_500(
     assert "Traceback" not in server.log()
 
 
+def test_a_key_file_rewritten_with_a_key_no_header_can_carry_is_502_not_500(
+    standin: StandIn, server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    key_file = tmp_path / "openai-key"
+    key_file.write_text(API_KEY + "\n")
+    server = server_factory(provider_config(standin, api_key_file=str(key_file)))
+    assert ask(server, "hi").status_code == 200
+    key_file.write_text("sk-\u2014pasted\n", "utf-8")
+    answer = ask(server, "hi")
+    assert answer.status_code == 502, answer.text
+    assert "has no usable API key" in answer.json()["detail"]["cause"]
+    assert "characters no header can carry" in server.log()
+    assert "Traceback" not in server.log()
+
+
 def test_upstream_failures_map_to_clear_statuses_never_500(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
@@ -271,6 +286,10 @@ def test_key_from_environment_and_several_named_instances(
         (
             {"url": "http://x", "model": "m", "api_key_env": "SURELY_UNSET_VARIABLE"},
             "query.providers.llm.api_key_env: environment variable SURELY_UNSET_VARIABLE",
+        ),
+        (
+            {"url": "http://x", "model": "m", "api_key": "sk-\u2014pasted"},
+            "query.providers.llm.api_key: the API key holds characters an HTTP header cannot",
         ),
     ],
 )
