@@ -211,6 +211,20 @@ def _subschema(schema: Mapping[str, Any], loc: tuple[str | int, ...]) -> Mapping
     return node
 
 
+def make_state_dir(config: Config) -> Path:
+    """Create ``service.state_dir`` (owner-only) where it does not exist yet.
+
+    Creating it is the only real test (as root, ``os.access`` says yes even under
+    ``/proc``), so a failure here is reported like any other configuration error.
+    """
+    path = Path(config.section("service")["state_dir"])
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError("service.state_dir", f"cannot create {path}: {exc.strerror}") from None
+    return path
+
+
 def _check_directory(key: str, value: str) -> None:
     """A storage path may not exist yet (it is created), but if it exists it must be a
     writable directory: failing at start beats failing on the first user's feedback."""

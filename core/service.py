@@ -6,17 +6,18 @@ Everything that touches the outside world (clock, ids) is injectable so tests ca
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from . import plugin_manager
 from .collector import BackgroundCollector, background_collector
-from .config import Config
+from .config import Config, make_state_dir
 from .conversations import ConversationStore
+from .errors import ConfigError
 from .feedback import FeedbackService
 from .metrics import Metrics
 from .plugin_manager import Components
@@ -67,8 +68,7 @@ def build_service(
         metrics.enable_export_metrics(
             [storage.root for storage in cycle.settings.storages], str(cycle.outbox.root)
         )
-    state_dir = Path(config.section("service")["state_dir"])
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_dir = make_state_dir(config)
     salt = config.resolve_secret(collection, "user_id_salt", "user_data_collection")
     pseudonymize = Pseudonymizer(salt)
 
@@ -82,7 +82,11 @@ def build_service(
         metrics=metrics,
         new_id=new_id,
     )
-    conversations = ConversationStore(state_dir / "conversations.sqlite3")
+    database = state_dir / "conversations.sqlite3"
+    try:
+        conversations = ConversationStore(database)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError("service.state_dir", f"cannot open {database}: {exc}") from None
     query = config.section("query")
     service = Service(
         config=config,

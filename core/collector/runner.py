@@ -20,7 +20,7 @@ from types import FrameType
 import pluggy
 
 from .. import plugin_manager
-from ..config import Config, build_config
+from ..config import Config, build_config, make_state_dir
 from ..errors import ConfigError, PluginError
 from ..types import Archive, Exporter, Receipt
 from .backoff import StopSignal
@@ -194,6 +194,7 @@ def run_export(config: Config, *, once: bool, progress: Progress | None = None) 
     in it, 2 for a configuration problem (raised as ``ConfigError`` before any work, or
     reported by the exporter or the receiver during the cycle)."""
     config = as_enabled(config)
+    make_state_dir(config)
     pm = plugin_manager.get_plugin_manager(config)
     plugin_manager.validate_plugin_settings(config, pm)
     exporter = choose_exporter(config, registered_exporters(config, pm))

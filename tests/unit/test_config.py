@@ -303,6 +303,31 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     assert "service.port" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_state_dir_that_cannot_really_be_made_or_used_exits_2(tmp_path: Path) -> None:
+    # Root passes every os.access check, even under /proc; only creating it tells.
+    collector = (
+        "data_collector: {ingress_server_url: 'http://127.0.0.1:9/u', "
+        "ingress_content_service_name: ols}"
+    )
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "service: {state_dir: /proc/lightspeed-collector-state}\n"
+        f"user_data_collection: {{{collector}}}\n"
+    )
+    for command in (["serve"], ["export", "--once"]):
+        result = run_cli(*command, "-c", str(path), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "service.state_dir: cannot create /proc/lightspeed-collector-state" in result.stderr
+        assert "Traceback" not in result.stderr
+    state = tmp_path / "state"
+    (state / "conversations.sqlite3").mkdir(parents=True)
+    path.write_text(f"service: {{state_dir: {state}, port: 0}}\n")
+    result = run_cli("serve", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "service.state_dir: cannot open" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_missing_secret_is_a_start_up_error_naming_the_full_key(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
