@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -478,16 +479,26 @@ def run(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level, "text", request_ids=False)
     options = StubOptions.from_args(args)
-    server = waitress.create_server(
-        create_app(options),
-        host=args.host,
-        port=args.port,
-        threads=4,
-        # Lets a stalled request notice that its client hung up.
-        channel_request_lookahead=1,
-        max_request_body_size=options.max_size + _BODY_SLACK,
-        ident="ingress-stub",
-    )
+    try:
+        server = waitress.create_server(
+            create_app(options),
+            host=args.host,
+            port=args.port,
+            threads=4,
+            # Lets a stalled request notice that its client hung up.
+            channel_request_lookahead=1,
+            max_request_body_size=options.max_size + _BODY_SLACK,
+            ident="ingress-stub",
+        )
+    except (OSError, ValueError) as exc:
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        reason = (cause.strerror if isinstance(cause, OSError) else None) or str(exc)
+        print(
+            f"lightspeed-collector ingress-stub: cannot listen on {args.host}:{args.port}: "
+            f"{reason}",
+            file=sys.stderr,
+        )
+        return 2
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import signal
@@ -12,7 +13,7 @@ import waitress
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, ConfigError, PayloadTooLarge
 from ..service import Service
 from .app import create_app
 from .errors import envelope
@@ -65,18 +66,34 @@ def _use_envelope_errors(server: Any) -> None:
             listener.channel_class = _Channel
 
 
+def listen_error(host: str, port: int, exc: OSError | ValueError) -> ConfigError:
+    """A port in use, or a host that is not this machine's or does not resolve (waitress
+    reports that as a ValueError raised from the lookup's error), named by its setting."""
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    if isinstance(cause, OSError):
+        in_use = cause.errno in (errno.EADDRINUSE, errno.EACCES)
+        key, reason = ("service.port" if in_use else "service.host"), cause.strerror or str(cause)
+    else:
+        key, reason = "service.host", str(exc)
+    return ConfigError(key, f"cannot listen on {host}:{port}: {reason}")
+
+
 def serve(service: Service) -> None:
     settings = service.config.section("service")
     app = create_app(service)
-    server = waitress.create_server(
-        app,
-        host=settings["host"],
-        port=settings["port"],
-        threads=settings["threads"],
-        max_request_body_size=settings["max_request_bytes"] + _SPOOL_SLACK,
-        ident="lightspeed-collector",
-        clear_untrusted_proxy_headers=True,
-    )
+    try:
+        server = waitress.create_server(
+            app,
+            host=settings["host"],
+            port=settings["port"],
+            threads=settings["threads"],
+            max_request_body_size=settings["max_request_bytes"] + _SPOOL_SLACK,
+            ident="lightspeed-collector",
+            clear_untrusted_proxy_headers=True,
+        )
+    except (OSError, ValueError) as exc:
+        service.close()
+        raise listen_error(settings["host"], settings["port"], exc) from None
     _use_envelope_errors(server)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -326,6 +327,32 @@ def test_a_state_dir_that_cannot_really_be_made_or_used_exits_2(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "service.state_dir: cannot open" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_address_that_cannot_be_listened_on_exits_2_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "busy.yaml"
+        path.write_text(f"service: {{port: {port}, state_dir: {tmp_path / 'state'}}}\n")
+        served = run_cli("serve", "-c", str(path), cwd=tmp_path)
+        stub = run_cli("ingress-stub", "--port", str(port), "--store", "s", cwd=tmp_path)
+    assert served.returncode == 2, served.stderr
+    assert f"service.port: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        served.stderr
+    )
+    assert stub.returncode == 2, stub.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in stub.stderr
+    # A documentation address (RFC 5737): no interface of this machine has it.
+    path.write_text("service: {host: 192.0.2.1}\n")
+    unknown = run_cli("serve", "-c", str(path), cwd=tmp_path)
+    assert unknown.returncode == 2, unknown.stderr
+    assert "service.host: cannot listen on 192.0.2.1:8080" in unknown.stderr
+    for result in (served, stub, unknown):
+        assert "Traceback" not in result.stderr
 
 
 def test_missing_secret_is_a_start_up_error_naming_the_full_key(
