@@ -480,8 +480,17 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, "text", request_ids=False)
     options = StubOptions.from_args(args)
     try:
+        app = create_app(options)
+    except OSError as exc:
+        print(
+            f"lightspeed-collector ingress-stub: cannot store uploads in {options.store}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
         server = waitress.create_server(
-            create_app(options),
+            app,
             host=args.host,
             port=args.port,
             threads=4,

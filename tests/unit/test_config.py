@@ -346,12 +346,16 @@ def test_an_address_that_cannot_be_listened_on_exits_2_naming_the_setting(
     )
     assert stub.returncode == 2, stub.stderr
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in stub.stderr
+    (tmp_path / "a-file").write_text("")
+    no_store = run_cli("ingress-stub", "--port", "0", "--store", "a-file/store", cwd=tmp_path)
+    assert no_store.returncode == 2, no_store.stderr
+    assert "cannot store uploads in a-file/store: Not a directory" in no_store.stderr
     # A documentation address (RFC 5737): no interface of this machine has it.
     path.write_text("service: {host: 192.0.2.1}\n")
     unknown = run_cli("serve", "-c", str(path), cwd=tmp_path)
     assert unknown.returncode == 2, unknown.stderr
     assert "service.host: cannot listen on 192.0.2.1:8080" in unknown.stderr
-    for result in (served, stub, unknown):
+    for result in (served, stub, no_store, unknown):
         assert "Traceback" not in result.stderr
 
 
