@@ -169,3 +169,12 @@ class ExportMisconfigured(ExportFailed):
     def __init__(self, detail: str, *, setting: str, status: int | None = None) -> None:
         super().__init__(detail, status=status)
         self.setting = setting
+
+
+def listen_failure(exc: OSError | ValueError) -> tuple[int | None, str]:
+    """The errno and the reason a server could not listen. waitress reports a host that does
+    not resolve as a ValueError raised while handling the lookup's own error."""
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    if isinstance(cause, OSError):
+        return cause.errno, cause.strerror or str(cause)
+    return None, str(exc)

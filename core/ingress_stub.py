@@ -476,6 +476,7 @@ def run(args: argparse.Namespace) -> int:
     import waitress
 
     from . import logs
+    from .errors import listen_failure
 
     logs.configure(args.log_level, "text", request_ids=False)
     options = StubOptions.from_args(args)
@@ -500,8 +501,7 @@ def run(args: argparse.Namespace) -> int:
             ident="ingress-stub",
         )
     except (OSError, ValueError) as exc:
-        cause = exc if isinstance(exc, OSError) else exc.__context__
-        reason = (cause.strerror if isinstance(cause, OSError) else None) or str(exc)
+        _, reason = listen_failure(exc)
         print(
             f"lightspeed-collector ingress-stub: cannot listen on {args.host}:{args.port}: "
             f"{reason}",

@@ -13,7 +13,7 @@ import waitress
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
-from ..errors import BadRequest, ConfigError, PayloadTooLarge
+from ..errors import BadRequest, ConfigError, PayloadTooLarge, listen_failure
 from ..service import Service
 from .app import create_app
 from .errors import envelope
@@ -67,14 +67,10 @@ def _use_envelope_errors(server: Any) -> None:
 
 
 def listen_error(host: str, port: int, exc: OSError | ValueError) -> ConfigError:
-    """A port in use, or a host that is not this machine's or does not resolve (waitress
-    reports that as a ValueError raised from the lookup's error), named by its setting."""
-    cause = exc if isinstance(exc, OSError) else exc.__context__
-    if isinstance(cause, OSError):
-        in_use = cause.errno in (errno.EADDRINUSE, errno.EACCES)
-        key, reason = ("service.port" if in_use else "service.host"), cause.strerror or str(cause)
-    else:
-        key, reason = "service.host", str(exc)
+    """A port in use, or a host that is not this machine's or does not resolve, named by
+    its setting."""
+    number, reason = listen_failure(exc)
+    key = "service.port" if number in (errno.EADDRINUSE, errno.EACCES) else "service.host"
     return ConfigError(key, f"cannot listen on {host}:{port}: {reason}")
 
 
