@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,11 @@ def load_config(path: str | Path | None = None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError("", f"{source} is not valid YAML{where}: {problem}") from None
+    except ValueError:
+        # PyYAML hands integer literals to int(), which refuses overly long ones.
+        raise ConfigError(
+            "", f"{source} holds a number of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -7,6 +7,7 @@ body is read from ``bounded_stream`` at most one byte past the limit.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import falcon
@@ -45,6 +46,12 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
         ) from None
     except RecursionError:
         raise BadRequest("Request body is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert integers past a length limit (a guard against slow
+        # conversions); the JSON itself was fine.
+        raise BadRequest(
+            f"Request body holds a number of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if may_hold_surrogates(raw):
         _refuse_surrogates(data)
     return data

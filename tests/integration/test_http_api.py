@@ -362,6 +362,19 @@ def test_unpaired_surrogate_escapes_are_422_naming_the_field(server: RunningServ
     assert "Traceback" not in server.log()
 
 
+def test_a_number_too_long_for_python_is_400_not_500(server: RunningServer) -> None:
+    for path in ("/v1/query", "/v1/feedback"):
+        body = b'{"query": "hi", "sentiment": ' + b"9" * 5000 + b"}"
+        response = requests.post(
+            f"{server.url}{path}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert_error(response, 400, "a number of more than 4300 digits")
+    assert "Traceback" not in server.log()
+
+
 def raw_exchange(server: RunningServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send bytes no HTTP library would send; answer the status, headers and body."""
     host, port = server.url.removeprefix("http://").rsplit(":", 1)

@@ -296,6 +296,15 @@ def test_cli_config_errors_exit_2_without_traceback(
     assert "Traceback" not in result.stderr
 
 
+def test_a_number_too_long_for_python_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("service: {port: " + "9" * 5000 + "}\n")
+    result = run_cli("config", "check", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "holds a number of more than 4300 digits" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("service: {port: 70000}\n")
