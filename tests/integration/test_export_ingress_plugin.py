@@ -3,6 +3,7 @@ reads every kind of answer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -217,6 +218,18 @@ def test_a_wrong_path_points_at_the_url(
     assert refused.value.setting == f"{SETTINGS}.ingress_server_url"
 
 
+@contextlib.contextmanager
+def receiver(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server on loopback answering uploads with ``handler``; yields the upload URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/api/ingress/v1/upload"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _Redirecting(BaseHTTPRequestHandler):
     """Answers every upload with a redirect, and any GET with a friendly 200 page: what a
     gateway in front of the real server might do."""
@@ -248,18 +261,12 @@ def test_a_redirect_keeps_the_archive_and_points_at_the_url(
     exporter_for: Callable[..., IngressExporter], tmp_path: Path, status: int
 ) -> None:
     handler = type("Handler", (_Redirecting,), {"status": status, "gets": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/api/ingress/v1/upload"
-        with pytest.raises(ExportMisconfigured) as refused:
-            exporter_for(url).export(archive_file(tmp_path))
-    finally:
-        server.shutdown()
-        server.server_close()
+    with receiver(handler) as url, pytest.raises(ExportMisconfigured) as refused:
+        exporter_for(url).export(archive_file(tmp_path))
     assert refused.value.status == status
     assert refused.value.setting == f"{SETTINGS}.ingress_server_url"
-    assert f"redirecting to http://127.0.0.1:{server.server_port}/welcome;" in refused.value.detail
+    welcome = url.replace("/api/ingress/v1/upload", "/welcome")
+    assert f"redirecting to {welcome};" in refused.value.detail
     assert handler.gets == []  # the upload was not turned into a GET of the new address
 
 
@@ -285,18 +292,14 @@ class _HugeAnswer(BaseHTTPRequestHandler):
 def test_a_huge_answer_is_read_only_in_part(
     exporter_for: Callable[..., IngressExporter], tmp_path: Path
 ) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _HugeAnswer)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/api/ingress/v1/upload"
-    tracemalloc.start()
-    try:
-        with pytest.raises(ExportUnavailable) as failed:
-            exporter_for(url).export(archive_file(tmp_path))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        server.shutdown()
-        server.server_close()
+    with receiver(_HugeAnswer) as url:
+        tracemalloc.start()
+        try:
+            with pytest.raises(ExportUnavailable) as failed:
+                exporter_for(url).export(archive_file(tmp_path))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
     assert failed.value.status == 500
     assert "answered 500 Internal Server Error: <p>error error" in failed.value.detail
     assert peak < 2 * 1024 * 1024, f"{peak} bytes held for an error page"
