@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Mapping
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
@@ -180,6 +181,15 @@ class IngressExporter:
                 setting=f"{SETTINGS_PATH}.ingress_server_url",
             ) from None
         except requests.RequestException as exc:
+            cause = _innermost(exc)
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                # Retrying cannot help: the operator must fix the address or the trust store.
+                raise ExportMisconfigured(
+                    f"the TLS certificate of {where} could not be verified "
+                    f"({cause.verify_message or cause.reason}); check the address, or name "
+                    "the CA that signed it in the REQUESTS_CA_BUNDLE environment variable",
+                    setting=f"{SETTINGS_PATH}.ingress_server_url",
+                ) from None
             raise ExportUnavailable(f"cannot reach {where}: {_reason(exc)}") from None
         finally:
             body.close()
@@ -242,14 +252,20 @@ def _where(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def _reason(exc: requests.RequestException) -> str:
-    """The innermost cause, without the URL dump urllib3 wraps around it."""
-    cause: BaseException = exc
+def _innermost(exc: BaseException) -> BaseException:
+    """The error at the bottom of the chain requests and urllib3 wrap around it."""
+    cause = exc
     for _ in range(10):
         inner = cause.__cause__ or cause.__context__
         if inner is None:
             break
         cause = inner
+    return cause
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The innermost cause, without the URL dump urllib3 wraps around it."""
+    cause = _innermost(exc)
     return type(cause).__name__ if not str(cause) else f"{type(cause).__name__}: {str(cause)[:120]}"
 
 

@@ -4,9 +4,12 @@ reads every kind of answer."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import logging
 import os
+import ssl
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -15,6 +18,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from lightspeed_collector.config import Config
 from lightspeed_collector.plugins.ingress import IngressExporter
@@ -219,12 +226,17 @@ def test_a_wrong_path_points_at_the_url(
 
 
 @contextlib.contextmanager
-def receiver(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+def receiver(
+    handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
+) -> Iterator[str]:
     """A server on loopback answering uploads with ``handler``; yields the upload URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    scheme = "http" if tls is None else "https"
     try:
-        yield f"http://127.0.0.1:{server.server_port}/api/ingress/v1/upload"
+        yield f"{scheme}://127.0.0.1:{server.server_port}/api/ingress/v1/upload"
     finally:
         server.shutdown()
         server.server_close()
@@ -268,6 +280,88 @@ def test_a_redirect_keeps_the_archive_and_points_at_the_url(
     welcome = url.replace("/api/ingress/v1/upload", "/welcome")
     assert f"redirecting to {welcome};" in refused.value.detail
     assert handler.gets == []  # the upload was not turned into a GET of the new address
+
+
+class _Accepting(BaseHTTPRequestHandler):
+    """Accepts every upload as the real ingress does."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        answer = json.dumps({"request_id": "tls-1", "upload": {}}).encode()
+        self.send_response(202)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1, as a private ingress might present, and a
+    server context using it."""
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ingress.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return cert_file, context
+
+
+def test_an_untrusted_certificate_is_a_configuration_problem(
+    exporter_for: Callable[..., IngressExporter],
+    tmp_path: Path,
+    private_ca: tuple[Path, ssl.SSLContext],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    _, context = private_ca
+    with receiver(_Accepting, context) as url, pytest.raises(ExportMisconfigured) as refused:
+        exporter_for(url).export(archive_file(tmp_path))
+    assert refused.value.setting == f"{SETTINGS}.ingress_server_url"
+    assert "certificate" in refused.value.detail
+    assert "REQUESTS_CA_BUNDLE" in refused.value.detail
+
+
+def test_a_private_ca_is_trusted_through_requests_ca_bundle(
+    exporter_for: Callable[..., IngressExporter],
+    tmp_path: Path,
+    private_ca: tuple[Path, ssl.SSLContext],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cert_file, context = private_ca
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_file))
+    with receiver(_Accepting, context) as url:
+        receipt = exporter_for(url).export(archive_file(tmp_path))
+    assert (receipt.status, receipt.request_id) == (202, "tls-1")
 
 
 class _HugeAnswer(BaseHTTPRequestHandler):
