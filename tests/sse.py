@@ -26,8 +26,11 @@ class EventStream:
         return self.response.getheader(name)
 
     def json(self) -> Any:
-        """The body of a non-streaming (error) answer."""
-        return json.loads(self.response.read())
+        """The body of a non-streaming (error) answer; the connection is closed after it."""
+        try:
+            return json.loads(self.response.read())
+        finally:
+            self.close()
 
     def next_event(self) -> dict[str, Any] | None:
         """The next ``data:`` event, parsed, or None at the end of the stream."""
@@ -44,9 +47,13 @@ class EventStream:
                 return event
 
     def events(self) -> list[dict[str, Any]]:
+        """Every event to the end of the stream; the connection is closed after it."""
         found: list[dict[str, Any]] = []
-        while (event := self.next_event()) is not None:
-            found.append(event)
+        try:
+            while (event := self.next_event()) is not None:
+                found.append(event)
+        finally:
+            self.close()
         return found
 
     def close(self) -> None:

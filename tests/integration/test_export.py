@@ -447,10 +447,9 @@ def test_two_exporters_started_at_once_send_each_record_once(
         subprocess.Popen(export_command(config, "--once"), stderr=subprocess.PIPE, text=True)
         for _ in range(3)
     ]
-    outcomes = [
-        (process.wait(60), process.stderr.read()) for process in exporters if process.stderr
-    ]
-    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    # communicate() reads while waiting, so a chatty exporter cannot fill its pipe and stall.
+    outcomes = [(process.communicate(timeout=60)[1], process.returncode) for process in exporters]
+    assert [code for _, code in outcomes] == [0, 0, 0], outcomes
     assert stub.duplicates() == []
     found = account(stub, data, tmp_path / "state")
     assert_exactly_once(originals, found)
@@ -643,18 +642,18 @@ def test_the_export_loop_ships_what_arrived_before_the_stop(
 ) -> None:
     stub = stubs()
     config = write_export_config(tmp_path, data, stub.url, collection_interval=3600)
-    exporter = subprocess.Popen(export_command(config), stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: len(stub.uploads()) == 1, what="the first cycle")
-        _add_records(data, 5)
-        originals = {**storage_records(data)}
-        assert len(originals) == 5
-        exporter.send_signal(stop_signal)
-        assert exporter.wait(30) == 0
-    finally:
-        if exporter.poll() is None:
-            exporter.kill()
-    stderr = exporter.stderr.read() if exporter.stderr else ""
+    with subprocess.Popen(export_command(config), stderr=subprocess.PIPE, text=True) as exporter:
+        try:
+            wait_for(lambda: len(stub.uploads()) == 1, what="the first cycle")
+            _add_records(data, 5)
+            originals = {**storage_records(data)}
+            assert len(originals) == 5
+            exporter.send_signal(stop_signal)
+            stderr = exporter.communicate(timeout=30)[1]
+        finally:
+            if exporter.poll() is None:
+                exporter.kill()
+    assert exporter.returncode == 0, stderr
     assert "running a final export cycle" in stderr
     assert len(stub.uploads()) == 2
     last, _ = archive_records(Path(stub.uploads()[1]["stored_as"]))
@@ -675,17 +674,17 @@ def test_the_final_cycle_is_bounded_in_time(
         connection_timeout_seconds=2,
         upload_attempts=5,
     )
-    exporter = subprocess.Popen(export_command(config), stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: "stalling" in stub.log(), what="an upload in flight")
-        started = time.monotonic()
-        exporter.send_signal(signal.SIGTERM)
-        code = exporter.wait(30)
-        elapsed = time.monotonic() - started
-    finally:
-        if exporter.poll() is None:
-            exporter.kill()
-    assert code == 1, "the archive waits in the outbox"
+    with subprocess.Popen(export_command(config), stderr=subprocess.PIPE, text=True) as exporter:
+        try:
+            wait_for(lambda: "stalling" in stub.log(), what="an upload in flight")
+            started = time.monotonic()
+            exporter.send_signal(signal.SIGTERM)
+            exporter.communicate(timeout=30)
+            elapsed = time.monotonic() - started
+        finally:
+            if exporter.poll() is None:
+                exporter.kill()
+    assert exporter.returncode == 1, "the archive waits in the outbox"
     assert elapsed < 1 + 2 + 2, f"took {elapsed:.1f} s"
     found = account(stub, data, tmp_path / "state")
     assert_exactly_once(originals, found)

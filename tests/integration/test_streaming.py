@@ -265,8 +265,10 @@ def test_provider_failure_before_the_first_token_keeps_its_status(
     assert limited.json()["detail"]["response"] == "The model provider is rate limiting requests"
     slow = post_stream(server.url, {"query": "[slow] hi"})
     assert slow.status == 504
+    slow.close()
     failed: EventStream = post_stream(server.url, {"query": "[error500] hi"})
     assert failed.status == 502
+    failed.close()
     assert transcript_files(server) == []
 
 

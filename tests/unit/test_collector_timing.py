@@ -89,7 +89,7 @@ def test_the_lock_excludes_a_second_holder_until_released(tmp_path: Path) -> Non
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
+    with subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -102,12 +102,13 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
         ],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
-    with CollectorLock(tmp_path).hold(0) as held:
-        assert not held
-    holder.kill()
-    holder.wait()
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+            with CollectorLock(tmp_path).hold(0) as held:
+                assert not held
+        finally:
+            holder.kill()
     with CollectorLock(tmp_path).hold(1) as held:
         assert held
 
