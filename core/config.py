@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -107,6 +108,29 @@ def resolve_secret(settings: Mapping[str, Any], key: str, where: str = "") -> st
     return None
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password and every query value replaced by the mask.
+
+    A URL is where credentials hide in plain sight (``https://user:pass@host``,
+    ``?api_key=...``), so it goes through here before it is printed or logged. Text that
+    cannot be parsed as a URL is masked whole.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port out of range raises only when read
+    except ValueError:
+        return SECRET_MASK
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{SECRET_MASK}@{host}"
+    query = "&".join(
+        f"{name}={SECRET_MASK}" if has_value else name
+        for name, has_value, _ in (item.partition("=") for item in parts.query.split("&"))
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query if parts.query else "", ""))
+
+
 def _is_secret(key: str) -> bool:
     lowered = key.lower()
     if lowered.endswith(("_file", "_env")):
@@ -123,6 +147,8 @@ def _mask(node: Any, key: str = "") -> Any:
         return SECRET_MASK
     if isinstance(node, list):
         return [_mask(item) for item in node]
+    if isinstance(node, str) and "://" in node:
+        return masked_url(node)
     return node
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
-from .config import Config
+from .config import Config, masked_url
 from .errors import (
     ArchiveTooLarge,
     BadRequest,
@@ -278,4 +278,5 @@ __all__ = [
     "StorageFull",
     "Unauthorized",
     "ValidationFailed",
+    "masked_url",
 ]

@@ -16,6 +16,7 @@ from lightspeed_collector.config import (
     Config,
     default_config,
     load_config,
+    masked_url,
 )
 from lightspeed_collector.errors import ConfigError
 
@@ -409,3 +410,28 @@ def test_masking_covers_header_maps_and_credential_words() -> None:
     assert masked["headers"] == {"X-Team": SECRET_MASK, "Authorization": SECRET_MASK}
     assert masked["proxy_authorization"] == SECRET_MASK
     assert masked["api_key_file"] == "/run/key"
+
+
+def test_masking_hides_passwords_and_query_values_in_urls() -> None:
+    config = Config(
+        {
+            "user_data_collection": {
+                "data_collector": {"ingress_server_url": "https://svc:pw-1@ingress.test/upload"}
+            },
+            "query": {"providers": {"llm": {"url": "http://u:pw-2@llm.test/v1?api_key=k-3&v=2"}}},
+            "authentication": {"jwk-token": {"jwks_url": "https://id.test:8443/keys"}},
+        }
+    )
+    masked = config.masked()
+    collector = masked["user_data_collection"]["data_collector"]
+    assert collector["ingress_server_url"] == f"https://svc:{SECRET_MASK}@ingress.test/upload"
+    assert (
+        masked["query"]["providers"]["llm"]["url"]
+        == f"http://u:{SECRET_MASK}@llm.test/v1?api_key={SECRET_MASK}&v={SECRET_MASK}"
+    )
+    assert masked["authentication"]["jwk-token"]["jwks_url"] == "https://id.test:8443/keys"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://u:pw@host:99999/x"])
+def test_a_url_that_cannot_be_parsed_is_masked_whole(url: str) -> None:
+    assert masked_url(url) == SECRET_MASK
