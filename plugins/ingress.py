@@ -37,6 +37,7 @@ from lightspeed_collector.types import (
     ExportMisconfigured,
     ExportUnavailable,
     Receipt,
+    masked_url,
 )
 
 NAME = "ingress"
@@ -131,6 +132,16 @@ class IngressExporter:
             raise ExportMisconfigured(
                 "no ingress server URL is set", setting=f"{SETTINGS_PATH}.ingress_server_url"
             )
+        try:
+            _where(url, strict=True)
+        except ValueError:
+            # Retrying cannot mend an address that does not parse (a bad IPv6 host, a port
+            # out of range): the operator must fix it. The text may hold credentials, so it
+            # is not quoted.
+            raise ExportMisconfigured(
+                "the ingress server URL cannot be parsed (check its host and port)",
+                setting=f"{SETTINGS_PATH}.ingress_server_url",
+            ) from None
         if not service:
             raise ExportMisconfigured(
                 "no content service name is set",
@@ -244,11 +255,17 @@ class IngressExporter:
         raise ExportFailed(detail, status=status)
 
 
-def _where(url: str) -> str:
-    """The URL without credentials or query, safe to log."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
+def _where(url: str, strict: bool = False) -> str:
+    """The URL without credentials or query, safe to log; ``********`` when it cannot be
+    parsed (a ``ValueError`` instead when ``strict``)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        if strict:
+            raise
+        return masked_url(url)
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 

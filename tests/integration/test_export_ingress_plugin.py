@@ -225,6 +225,22 @@ def test_a_wrong_path_points_at_the_url(
     assert refused.value.setting == f"{SETTINGS}.ingress_server_url"
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1", "http://127.0.0.1:99999/x", "http://user:pa55word@[::1/upload?key=s3cret"],
+)
+def test_a_url_that_does_not_parse_points_at_the_url(
+    exporter_for: Callable[..., IngressExporter], tmp_path: Path, url: str
+) -> None:
+    # Not a temporary failure: retried forever, it would never succeed.
+    with pytest.raises(ExportMisconfigured) as refused:
+        exporter_for(url).export(archive_file(tmp_path))
+    assert refused.value.setting == f"{SETTINGS}.ingress_server_url"
+    assert "cannot be parsed" in str(refused.value)
+    for secret in ("pa55word", "s3cret"):
+        assert secret not in str(refused.value)
+
+
 @contextlib.contextmanager
 def receiver(
     handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None
