@@ -450,23 +450,39 @@ def build_rules(settings: Mapping[str, Any]) -> list[Rule]:
 
 
 def _user_rule(path: str, name: str, pattern: str, replacement: str | None) -> Rule:
+    shown = _shown(pattern)
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
         raise ConfigError(
-            f"{path}.pattern", f"invalid regular expression '{pattern}': {exc}"
+            f"{path}.pattern", f"invalid regular expression '{shown}': {exc}"
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}.pattern", f"invalid regular expression '{shown}': it nests too deeply"
+        ) from None
+    except Exception as exc:  # OverflowError, MemoryError, ...: still a bad setting
+        # Whatever the compiler trips over is the pattern's fault, and must name its key
+        # rather than surface as a failure of the plugin.
+        raise ConfigError(
+            f"{path}.pattern", f"invalid regular expression '{shown}': {exc or type(exc).__name__}"
         ) from None
     if compiled.match("") is not None:
         # It would insert a token between every two characters, and again on every pass.
-        raise ConfigError(f"{path}.pattern", f"regular expression '{pattern}' matches empty text")
+        raise ConfigError(f"{path}.pattern", f"regular expression '{shown}' matches empty text")
     template = token(name) if replacement is None else replacement
     try:
         compiled.sub(template, "")
-    except (re.error, IndexError) as exc:
+    except (re.error, IndexError, OverflowError, RecursionError) as exc:
         raise ConfigError(
-            f"{path}.replacement", f"invalid replacement '{template}': {exc}"
+            f"{path}.replacement", f"invalid replacement '{_shown(template)}': {exc}"
         ) from None
     return Rule(name, compiled, template)
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` for an error message: a page-long pattern is cut, not printed whole."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 @hookimpl

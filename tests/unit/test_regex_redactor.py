@@ -476,6 +476,21 @@ def test_a_user_rule_may_replace_a_disabled_builtin() -> None:
             "plugins.regex.disable_builtin[0]",
             "unknown built-in rule 'emails'",
         ),
+        (
+            {
+                "rules": [
+                    {"name": "ok", "pattern": "x"},
+                    {"name": "big", "pattern": "a{4294967296}"},
+                ]
+            },
+            "plugins.regex.rules[1].pattern",
+            "invalid regular expression 'a{4294967296}': the repetition number is too large",
+        ),
+        (
+            {"rules": [{"name": "deep", "pattern": "(" * 2000 + "a" + ")" * 2000}]},
+            "plugins.regex.rules[0].pattern",
+            "invalid regular expression '((((",
+        ),
     ],
     ids=[
         "bad-pattern",
@@ -485,6 +500,8 @@ def test_a_user_rule_may_replace_a_disabled_builtin() -> None:
         "dup-name",
         "builtin-name",
         "unknown-builtin",
+        "huge-repeat",
+        "deep-nesting",
     ],
 )
 def test_bad_settings_are_config_errors(settings: dict[str, Any], path: str, fragment: str) -> None:
@@ -567,3 +584,19 @@ def test_plugin_manager_reports_a_bad_pattern_by_path(make_config: Callable[...,
     validate_plugin_settings(config, pm)
     with pytest.raises(ConfigError, match=r"^plugins\.regex\.rules\[0\]\.pattern: invalid"):
         collect_components(config, pm)
+
+
+@pytest.mark.parametrize(
+    "pattern", ["a{4294967296}", "(" * 2000 + "a" + ")" * 2000], ids=["huge-repeat", "deep"]
+)
+def test_plugin_manager_reports_a_pattern_the_compiler_chokes_on_by_path(
+    make_config: Callable[..., Config], pattern: str
+) -> None:
+    config = make_config({"plugins": {"regex": {"rules": [{"name": "x", "pattern": pattern}]}}})
+    pm = get_plugin_manager(config)
+    validate_plugin_settings(config, pm)
+    with pytest.raises(
+        ConfigError, match=r"^plugins\.regex\.rules\[0\]\.pattern: invalid"
+    ) as caught:
+        collect_components(config, pm)
+    assert len(str(caught.value)) < 300
