@@ -72,11 +72,12 @@ class FileResult:
         return not self.problems
 
 
-def collect(paths: Iterable[str]) -> list[str]:
+def collect(paths: Iterable[str]) -> list[str | FileResult]:
     """The files to check: each named file as given, and every ``*.json`` below each named
     folder (hidden files and folders skipped: they are temporary or tool state), in order,
-    each once."""
-    found: dict[str, None] = {}
+    each once. A folder that cannot be listed is not skipped in silence: it takes its place
+    in the order as a :class:`FileResult` with a ``read`` problem."""
+    found: dict[str, str | FileResult] = {}
     for path in paths:
         try:
             is_folder = stat.S_ISDIR(os.stat(path).st_mode)
@@ -86,19 +87,32 @@ def collect(paths: Iterable[str]) -> list[str]:
                 raise UsageError(f"{path}: no such file or folder") from None
             is_folder = False
         if is_folder:
-            for file in _walk(path):
-                found.setdefault(file, None)
+            for entry in _walk(path):
+                key = entry if isinstance(entry, str) else entry.file
+                found.setdefault(key, entry)
         else:
-            found.setdefault(path, None)
-    return list(found)
+            found.setdefault(path, path)
+    return list(found.values())
 
 
-def _walk(folder: str) -> Iterator[str]:
-    for directory, subdirectories, files in os.walk(folder):
+def _walk(folder: str) -> Iterator[str | FileResult]:
+    # os.walk hands listing errors to onerror and otherwise drops them, folder and all.
+    unreadable: list[OSError] = []
+    for directory, subdirectories, files in os.walk(folder, onerror=unreadable.append):
+        yield from _unreadable_folders(unreadable, directory)
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
         for name in sorted(files):
             if name.endswith(".json") and not name.startswith("."):
                 yield os.path.join(directory, name)
+    yield from _unreadable_folders(unreadable, folder)
+
+
+def _unreadable_folders(errors: list[OSError], fallback: str) -> Iterator[FileResult]:
+    for error in errors:
+        name = error.filename if isinstance(error.filename, str) else fallback
+        reason = error.strerror or str(error)
+        yield FileResult(name, None, (Problem("$", "read", f"cannot read folder: {reason}"),))
+    errors.clear()
 
 
 def validate_files(
@@ -465,17 +479,20 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        files = collect(args.paths)
+        found = collect(args.paths)
     except UsageError as exc:
         print(f"lightspeed-collector validate: {exc}", file=sys.stderr)
         return 2
-    if not files:
+    if not found:
         print("lightspeed-collector validate: no *.json files found", file=sys.stderr)
+    files = [entry for entry in found if isinstance(entry, str)]
     started = time.perf_counter()
     progress = _TerminalProgress(sys.stderr) if _show_progress(sys.stderr) else None
-    results = validate_files(files, args.kind, workers=args.jobs, progress=progress)
+    checked = iter(validate_files(files, args.kind, workers=args.jobs, progress=progress))
     if progress is not None:
         progress.finish()
+    # Unreadable folders keep their place among the files found around them.
+    results = [next(checked) if isinstance(entry, str) else entry for entry in found]
     elapsed = time.perf_counter() - started
     if args.format == "json":
         report = render_json(results)

@@ -1,7 +1,15 @@
-"""The pieces of ``validate``: paths inside documents, telling kinds apart, collecting files."""
+"""The pieces of ``validate``: paths inside documents, telling kinds apart, collecting files;
+and the command on file system conditions it must not hide (a real process on real files)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -52,3 +60,67 @@ def test_collect_keeps_order_drops_duplicates_and_refuses_missing_paths(tmp_path
     ]
     with pytest.raises(UsageError, match="no such file or folder"):
         collect([str(tmp_path / "missing")])
+
+
+SCRIPT = Path(sys.executable).parent / "lightspeed-collector"
+NOBODY = 65534
+
+
+def validate(
+    *args: str, cwd: Path | None = None, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*prefix, str(SCRIPT), "validate", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "CI": "true"},
+    )
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that runs as a user to whom permission bits apply: none needed for
+    anyone but root, who reads everything; root drops to nobody with setpriv."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root, and setpriv is not there to run as another user")
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder another user can reach (pytest's own is private to the user running it)."""
+    folder = Path(tempfile.mkdtemp(prefix="validate-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        for directory, subdirectories, _ in os.walk(folder):
+            for name in subdirectories:
+                os.chmod(os.path.join(directory, name), 0o755)
+        shutil.rmtree(folder)
+
+
+def test_a_folder_that_cannot_be_read_is_a_problem_not_skipped(shared_tmp: Path) -> None:
+    records = shared_tmp / "v3"
+    (records / "sub").mkdir(parents=True)
+    (records / "sub" / "x.json").write_text('{"hello": 1}')
+    (records / "a.json").write_text('{"hello": 1}')
+    (records / "sub").chmod(0)
+    result = validate("v3", "--format", "json", cwd=shared_tmp, prefix=unprivileged())
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no *.json files found" not in result.stderr
+    report = json.loads(result.stdout)
+    entries = [(entry["file"], [e["rule"] for e in entry["errors"]]) for entry in report["files"]]
+    assert entries == [("v3/a.json", ["kind"]), ("v3/sub", ["read"])]
+    [problem] = report["files"][1]["errors"]
+    assert problem["message"] == "cannot read folder: Permission denied"
+
+    (records / "a.json").unlink()
+    text = validate("v3", cwd=shared_tmp, prefix=unprivileged())
+    assert text.returncode == 1
+    assert text.stdout.splitlines()[0] == "v3/sub: $: cannot read folder: Permission denied [read]"
