@@ -344,13 +344,29 @@ def summary(results: Sequence[FileResult]) -> dict[str, int]:
     return {"checked": len(results), "valid": len(results) - invalid, "invalid": invalid}
 
 
+def display_name(file: str) -> str:
+    """A file name as every report shows it. A name that is not UTF-8 reaches Python with its
+    odd bytes as lone surrogates, which no UTF-8 file can hold; they are shown as ``\\xff``."""
+    try:
+        return os.fsencode(file).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return printable(file)
+
+
+def printable(text: str) -> str:
+    """``text`` with any lone surrogate (a record may hold ``"\\udcff"``, and messages quote
+    values) written as its escape, so a report can be written to any UTF-8 file or stream."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def render_text(results: Sequence[FileResult]) -> str:
     lines = []
     for result in results:
+        name = display_name(result.file)
         for problem in result.problems:
-            lines.append(f"{result.file}: {problem.path}: {problem.message} [{problem.rule}]")
+            lines.append(f"{name}: {problem.path}: {problem.message} [{problem.rule}]")
     lines.append(summary_line(results))
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines) + "\n")
 
 
 def summary_line(results: Sequence[FileResult]) -> str:
@@ -366,7 +382,7 @@ def render_json(results: Sequence[FileResult]) -> str:
         **summary(results),
         "files": [
             {
-                "file": result.file,
+                "file": display_name(result.file),
                 "kind": result.kind,
                 "valid": result.valid,
                 "errors": [
@@ -382,11 +398,12 @@ def render_json(results: Sequence[FileResult]) -> str:
             for result in results
         ],
     }
-    return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    # A lone surrogate left in a message becomes its JSON escape (\\udcff).
+    return printable(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 # XML 1.0 cannot carry most control characters, even escaped; a file name or message holding
-# one would make the whole report unreadable.
+# one would make the whole report unreadable. (Lone surrogates are escaped before this.)
 _XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -395,7 +412,7 @@ def render_junit(results: Sequence[FileResult], elapsed: float = 0.0) -> str:
     from xml.etree import ElementTree
 
     def clean(text: str) -> str:
-        return _XML_UNSAFE.sub("\ufffd", text)
+        return _XML_UNSAFE.sub("\ufffd", printable(text))
 
     counts = summary(results)
     attributes = {
@@ -412,7 +429,10 @@ def render_junit(results: Sequence[FileResult], elapsed: float = 0.0) -> str:
         case = ElementTree.SubElement(
             suite,
             "testcase",
-            {"classname": f"records.{result.kind or 'unknown'}", "name": clean(result.file)},
+            {
+                "classname": f"records.{result.kind or 'unknown'}",
+                "name": clean(display_name(result.file)),
+            },
         )
         if result.problems:
             first = result.problems[0]

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -124,3 +125,49 @@ def test_a_folder_that_cannot_be_read_is_a_problem_not_skipped(shared_tmp: Path)
     text = validate("v3", cwd=shared_tmp, prefix=unprivileged())
     assert text.returncode == 1
     assert text.stdout.splitlines()[0] == "v3/sub: $: cannot read folder: Permission denied [read]"
+
+
+def test_names_and_values_that_are_not_utf8_are_escaped_alike_in_every_report(
+    tmp_path: Path,
+) -> None:
+    # A file name with a byte that is not UTF-8 reaches Python as a lone surrogate, and so
+    # does a "\udcff" escape inside a record: neither can be written to a UTF-8 file as is.
+    os.mkdir(os.fsencode(tmp_path / "records"))
+    with open(os.fsencode(tmp_path / "records") + b"/inv\xff.json", "wb") as handle:
+        handle.write(b'{"hello": 1}')
+    (tmp_path / "records" / "odd.json").write_text(
+        '{"user_question": "q", "categories": ["\\udcff"]}'
+    )
+    name = f"{tmp_path}/records/inv\\xff.json"
+
+    reports = {}
+    for form in ("text", "json", "junit"):
+        out = tmp_path / f"report.{form}"
+        result = validate(str(tmp_path / "records"), "--format", form, "-o", str(out))
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        reports[form] = out.read_text("utf-8")
+    # Standard output gives the same report, whatever its error handler.
+    strict = subprocess.run(
+        [str(SCRIPT), "validate", str(tmp_path / "records")],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "CI": "true", "PYTHONIOENCODING": "utf-8:strict"},
+    )
+    assert strict.returncode == 1, strict.stderr
+    assert strict.stdout.decode("utf-8") == reports["text"]
+
+    assert f"{name}: $: cannot tell a feedback" in reports["text"]
+    assert "Invalid feedback category '\\udcff'" in reports["text"]
+    report = json.loads(reports["json"])
+    assert [entry["file"] for entry in report["files"]] == [
+        name,
+        str(tmp_path / "records/odd.json"),
+    ]
+    messages = [error["message"] for error in report["files"][1]["errors"]]
+    assert "Invalid feedback category '\udcff'" in " ".join(messages)
+    suite = ElementTree.fromstring(reports["junit"].encode("utf-8"))
+    names = [case.get("name") for case in suite.iter("testcase")]
+    assert names == [name, str(tmp_path / "records/odd.json")]
+    failures = "".join(failure.text or "" for failure in suite.iter("failure"))
+    assert "Invalid feedback category '\\udcff'" in failures
