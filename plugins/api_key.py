@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODULE = "api-key"
+MAX_KEYS_FILE_BYTES = 1024 * 1024
 
 KEY_ENTRY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -57,7 +59,11 @@ KEY_ENTRY_SCHEMA: dict[str, Any] = {
             "type": "string",
             "pattern": "^[0-9a-fA-F]{64}$",
             "description": "Hex SHA-256 of the key, so the key need not be written down.",
-            "x-messages": {"pattern": "'{value}' is not a hex SHA-256 digest (64 hex digits)"},
+            # The value may be a key pasted into the wrong field: never quote it.
+            "x-messages": {
+                "pattern": "not a hex SHA-256 digest (64 hex digits)",
+                "type": "a key_sha256 must be a string",
+            },
         },
         "user_id": {"type": "string", "minLength": 1, "description": "Who holds the key."},
         "username": {
@@ -72,7 +78,11 @@ KEY_ENTRY_SCHEMA: dict[str, Any] = {
         },
     },
     "oneOf": [{"required": ["key"]}, {"required": ["key_sha256"]}],
-    "x-messages": {"oneOf": "give exactly one of key and key_sha256"},
+    # An entry given as a bare string is most likely the key itself: never quote it.
+    "x-messages": {
+        "oneOf": "give exactly one of key and key_sha256",
+        "type": "a key entry must be a mapping with key (or key_sha256) and user_id",
+    },
 }
 
 SETTINGS_SCHEMA: dict[str, Any] = {
@@ -83,6 +93,7 @@ SETTINGS_SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": KEY_ENTRY_SCHEMA,
             "description": "Keys and who holds them.",
+            "x-messages": {"type": "must be a list of key entries"},
         },
         "keys_file": {
             "type": "string",
@@ -91,7 +102,10 @@ SETTINGS_SCHEMA: dict[str, Any] = {
         },
     },
     "anyOf": [{"required": ["keys"]}, {"required": ["keys_file"]}],
-    "x-messages": {"anyOf": "give keys, keys_file, or both"},
+    "x-messages": {
+        "anyOf": "give keys, keys_file, or both",
+        "type": "must be a mapping with keys or keys_file",
+    },
 }
 
 
@@ -174,14 +188,21 @@ def _signature(path: Path) -> tuple[int, int, int]:
 
 
 def _load_list(path: Path) -> Any:
+    # A keys file is a few kilobytes; the limit keeps a wrong path (a log, /dev/zero) from
+    # being read into memory.
+    with path.open("rb") as handle:
+        data = handle.read(MAX_KEYS_FILE_BYTES + 1)
+    if len(data) > MAX_KEYS_FILE_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_KEYS_FILE_BYTES} bytes")
     try:
-        text = path.read_text("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML or JSON: {exc}") from None
+        # PyYAML's message quotes the offending lines, which hold keys: say where, not what.
+        raise ValueError(f"{path} is not valid YAML or JSON{_yaml_where(exc)}") from None
     if isinstance(data, Mapping) and set(data) == {"keys"}:
         data = data["keys"]
     return data if data is not None else []
@@ -226,9 +247,34 @@ def _parse_entries(
     return tuple(entries)
 
 
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """Line and column of a YAML error, and its problem with any quoted text left out."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    where = ""
+    if isinstance(problem, str) and problem:
+        where += ": " + _QUOTED.sub(_quoted_if_harmless, problem)
+    if mark is not None:
+        where += f" (line {mark.line + 1}, column {mark.column + 1})"
+    return where
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# PyYAML quotes a single character ('\t'), a token ('<stream end>'), or a name it found
+# (an alias, a tag), which could be part of a key: only the first two are kept.
+_HARMLESS = re.compile(r"'(?:.|\\.|\\x[0-9a-f]{2}|<[a-z ]+>)'")
+
+
+def _quoted_if_harmless(match: re.Match[str]) -> str:
+    return match.group() if _HARMLESS.fullmatch(match.group()) else "'...'"
+
+
 def _entry_message(error: ValidationError) -> str:
     field = ".".join(map(str, error.path))
     keyword = error.validator
+    if not field and keyword == "type":
+        # An entry given as a bare string is most likely the key itself.
+        return "a key entry must be a mapping with key (or key_sha256) and user_id"
     if keyword == "required" and isinstance(error.instance, Mapping):
         required = error.validator_value if isinstance(error.validator_value, list) else []
         missing = [name for name in required if name not in error.instance]
@@ -237,10 +283,17 @@ def _entry_message(error: ValidationError) -> str:
         return "give exactly one of key and key_sha256"
     if keyword == "minLength" and field == "key":
         return "key: keys must be at least 12 characters long"
-    # The schema's own message would quote the key; name the field instead.
-    if field in ("key", "key_sha256"):
-        return f"{field}: not a valid value ({keyword})"
-    return f"{field}: {error.message}" if field else error.message
+    if keyword == "pattern" and field == "key_sha256":
+        return "key_sha256: not a hex SHA-256 digest (64 hex digits)"
+    if keyword == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = KEY_ENTRY_SCHEMA["properties"]
+        unknown = sorted(str(name) for name in error.instance if name not in known)
+        return f"{', '.join(unknown)}: unknown key"
+    # The schema's own message would quote the value, which may be a key pasted into the
+    # wrong place; name the field instead.
+    if field in ("key", "key_sha256") or not field:
+        return f"{field or 'entry'}: not a valid value ({keyword})"
+    return f"{field}: {error.message}"
 
 
 @hookimpl

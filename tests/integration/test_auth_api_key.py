@@ -189,8 +189,19 @@ def test_config_dump_masks_every_key(tmp_path: Path) -> None:
         ),
         (
             {"keys": [{"key_sha256": "abc", "user_id": "x"}]},
-            "'abc' is not a hex SHA-256 digest",
+            "authentication.api-key.keys.0.key_sha256: not a hex SHA-256 digest",
         ),
+        (
+            # A key pasted where its digest belongs is not repeated.
+            {"keys": [{"key_sha256": ALICE_KEY, "user_id": "x"}]},
+            "authentication.api-key.keys.0.key_sha256: not a hex SHA-256 digest",
+        ),
+        (
+            # A bare key where an entry belongs is not repeated either.
+            {"keys": [ALICE_KEY]},
+            "authentication.api-key.keys.0: a key entry must be a mapping",
+        ),
+        ({"keys": ALICE_KEY}, "authentication.api-key.keys: must be a list of key entries"),
         (
             {"keys": [{"key": ALICE_KEY, "user_id": "a"}, {"key": ALICE_KEY, "user_id": "b"}]},
             "keys[1]: the same key as entry 0",
@@ -204,6 +215,7 @@ def test_bad_settings_fail_config_check_without_echoing_keys(
     result = run_config_check(
         tmp_path, {"authentication": {"module": "api-key", "api-key": settings}}
     )
+    assert ALICE_KEY not in result.stderr
     assert result.returncode == 2, result.stdout
     assert message in result.stderr
     assert "short" not in result.stderr.replace(message, "")
@@ -221,6 +233,7 @@ def config_check(tmp_path: Path, settings: dict[str, Any]) -> subprocess.Complet
         [sys.executable, "-m", "lightspeed_collector", "config", "check", "-c", str(path)],
         capture_output=True,
         text=True,
+        timeout=60,
     )
 
 
@@ -241,3 +254,51 @@ def test_keys_file_entries_are_checked_at_start(tmp_path: Path) -> None:
     missing = config_check(tmp_path, {"keys_file": str(tmp_path / "nope.yaml")})
     assert missing.returncode == 2
     assert "nope.yaml: No such file or directory" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (f'- "{ALICE_KEY}"\n', "[0]: a key entry must be a mapping"),
+        (f"- {ALICE_KEY}\n", "[0]: a key entry must be a mapping"),
+        (
+            f'- {{key: "{ALICE_KEY}", user_id: [unclosed\n',
+            "is not valid YAML or JSON: expected ',' or ']', but got '<stream end>' (line 2",
+        ),
+        (f"- *{ALICE_KEY}\n", "is not valid YAML or JSON: found undefined alias '...' (line 1"),
+        (f"- {{key_sha256: {ALICE_KEY}, user_id: x}}\n", "[0]: key_sha256: not a hex SHA-256"),
+        (f"- {{key: {ALICE_KEY}, user_id: x, kye: 1}}\n", "[0]: kye: unknown key"),
+    ],
+    ids=["quoted-key", "bare-key", "yaml-error", "yaml-alias", "key-as-digest", "unknown-key"],
+)
+def test_a_bad_keys_file_fails_config_check_without_echoing_keys(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(content)
+    result = config_check(tmp_path, {"keys_file": str(keys)})
+    assert result.returncode == 2
+    assert f"authentication.api-key.keys_file: {keys}" in result.stderr
+    assert message in result.stderr
+    assert ALICE_KEY not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_keys_file_that_is_not_a_small_file_fails_config_check(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * (1024 * 1024) + "\n[]\n")
+    for path in (huge, Path("/dev/zero")):
+        result = config_check(tmp_path, {"keys_file": str(path)})
+        assert result.returncode == 2
+        assert f"authentication.api-key.keys_file: {path} is larger than" in result.stderr
+
+
+def test_a_keys_file_broken_while_serving_is_logged_without_its_keys(
+    server: RunningServer, keys_file: Path
+) -> None:
+    keys_file.write_text(f'- {{key: "{ALICE_KEY}xyz", user_id: [unclosed\n')
+    assert ask(server, bearer(CAROL_KEY)).status_code == 200
+    log = server.log()
+    assert "is not valid YAML or JSON" in log
+    assert "keeping the keys loaded before" in log
+    assert ALICE_KEY not in log
