@@ -71,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
     parser.add_argument(
-        "--port", type=int, default=8081, help="port; 0 picks a free one (default: 8081)"
+        "--port",
+        type=_port,
+        default=8081,
+        help="port, 0 to 65535; 0 picks a free one (default: 8081)",
     )
     parser.add_argument(
         "--store", required=True, help="folder where uploads and their headers are kept"
@@ -149,6 +152,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="TEST ONLY: answer 202 without a request_id in the body",
     )
+
+
+def _port(text: str) -> int:
+    """A TCP port; argparse names the option in the error. Checked here because the socket
+    layer does not refuse 99999: it wraps to another port and listens there."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0 picks a free one)")
+    return value
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,18 @@ def test_the_stub_needs_a_store(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--store" in result.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
+def test_a_port_out_of_range_is_refused_not_wrapped(tmp_path: Path, port: str) -> None:
+    # 99999 used to reach the socket layer, which wrapped it to another port and listened.
+    command = [sys.executable, "-m", "lightspeed_collector", "ingress-stub"]
+    result = subprocess.run(
+        [*command, "--port", port, "--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "argument --port:" in result.stderr
+    assert "listening" not in result.stderr
