@@ -35,11 +35,15 @@ from lightspeed_collector.types import (
     ConfigSchema,
     Identity,
     Unauthorized,
+    masked_url,
 )
 
 log = logging.getLogger(__name__)
 
 MODULE = "jwk-token"
+# A key set is a few kilobytes; the limit keeps a wrong path (/dev/zero, a log) or a
+# misbehaving server from filling memory.
+MAX_KEYS_BYTES = 1024 * 1024
 ASYMMETRIC_ALGORITHMS = (
     "RS256",
     "RS384",
@@ -71,7 +75,8 @@ SETTINGS_SCHEMA: dict[str, Any] = {
             "type": "string",
             "pattern": "^https?://",
             "description": "The identity provider's JWKS document.",
-            "x-messages": {"pattern": "'{value}' is not an http:// or https:// URL"},
+            # The URL may carry credentials: it is not quoted.
+            "x-messages": {"pattern": "not an http:// or https:// URL"},
         },
         "jwks_file": {
             "type": "string",
@@ -133,18 +138,23 @@ SETTINGS_SCHEMA: dict[str, Any] = {
         "jwks_cache_seconds": {
             "type": "number",
             "exclusiveMinimum": 0,
+            "maximum": 31_536_000,
             "default": DEFAULTS["jwks_cache_seconds"],
             "description": "How long fetched keys are used before the JWKS is fetched again.",
         },
         "jwks_timeout_seconds": {
             "type": "number",
             "exclusiveMinimum": 0,
+            # A socket timeout must fit the system's clock type: 1e300 would overflow on
+            # every fetch. Ten minutes is already far beyond any identity provider.
+            "maximum": 600,
             "default": DEFAULTS["jwks_timeout_seconds"],
             "description": "Timeout for fetching the JWKS.",
         },
         "jwks_min_refresh_seconds": {
             "type": "number",
             "minimum": 0,
+            "maximum": 86_400,
             "default": DEFAULTS["jwks_min_refresh_seconds"],
             "description": "Least time between two fetches caused by tokens naming an unknown key.",
         },
@@ -201,24 +211,35 @@ class JwksUrl:
     def _refresh(self, now: float) -> None:
         import jwt
 
+        where = masked_url(self.url)
         try:
-            response = requests.get(
-                self.url, timeout=self.timeout, headers={"Accept": "application/json"}
-            )
-            response.raise_for_status()
-            keys = _keys_from_jwks(response.json())
+            keys = _keys_from_jwks(_json_document(self._fetch()))
         except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+            reason = _reason(exc)
             if self._keys:
-                log.warning("jwk-token: cannot refresh %s (%s); using cached keys", self.url, exc)
+                log.warning("jwk-token: cannot refresh %s (%s); using cached keys", where, reason)
                 self._fetched_at = now
                 return
-            log.error("jwk-token: cannot fetch signing keys from %s: %s", self.url, exc)
+            log.error("jwk-token: cannot fetch signing keys from %s: %s", where, reason)
             raise SigningKeysUnavailable(
                 "The identity provider's signing keys cannot be fetched; try again later"
             ) from None
-        log.info("jwk-token: fetched %d signing keys from %s", len(keys), self.url)
+        log.info("jwk-token: fetched %d signing keys from %s", len(keys), where)
         self._keys = keys
         self._fetched_at = now
+
+    def _fetch(self) -> bytes:
+        with requests.get(
+            self.url, timeout=self.timeout, headers={"Accept": "application/json"}, stream=True
+        ) as response:
+            if response.status_code >= 400:
+                raise ValueError(f"HTTP {response.status_code}")
+            data = b""
+            for block in response.iter_content(64 * 1024):
+                data += block
+                if len(data) > MAX_KEYS_BYTES:
+                    raise ValueError(f"the answer is larger than {MAX_KEYS_BYTES} bytes")
+            return data
 
 
 class KeyFile:
@@ -249,7 +270,11 @@ class KeyFile:
                     self._keys = _keys_from_file(self.path)
                     log.info("jwk-token: loaded %d keys from %s", len(self._keys), self.path)
                 except (OSError, ValueError, jwt.PyJWTError) as exc:
-                    log.error("jwk-token: %s: %s; keeping the keys loaded before", self.path, exc)
+                    log.error(
+                        "jwk-token: %s: %s; keeping the keys loaded before",
+                        self.path,
+                        _describe(exc),
+                    )
             return self._keys
 
 
@@ -414,13 +439,29 @@ def _keys_from_jwks(document: Any) -> tuple[SigningKey, ...]:
     return tuple(keys)
 
 
+def _json_document(data: bytes) -> Any:
+    """The JSON in ``data``; a ``ValueError`` when there is none, including JSON nested too
+    deeply for the parser (which raises ``RecursionError``)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to be a JWKS") from None
+    except ValueError:
+        raise ValueError("not JSON") from None
+
+
 def _keys_from_file(path: Path) -> tuple[SigningKey, ...]:
-    data = path.read_bytes()
+    with path.open("rb") as handle:
+        data = handle.read(MAX_KEYS_BYTES + 1)
+    if len(data) > MAX_KEYS_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_KEYS_BYTES} bytes")
     if b"-----BEGIN" in data:
         return _keys_from_pem(data)
     try:
-        document = json.loads(data)
-    except ValueError:
+        document = _json_document(data)
+    except ValueError as exc:
+        if "nested" in str(exc):
+            raise
         raise ValueError("neither a JWKS (JSON) nor a PEM file") from None
     return _keys_from_jwks(document)
 
@@ -430,15 +471,23 @@ def _keys_from_pem(data: bytes) -> tuple[SigningKey, ...]:
     from cryptography.hazmat.primitives import serialization
 
     keys: list[SigningKey] = []
-    for block in data.split(b"-----BEGIN ")[1:]:
+    for index, block in enumerate(data.split(b"-----BEGIN ")[1:]):
         pem = b"-----BEGIN " + block
-        if pem.startswith(b"-----BEGIN CERTIFICATE-----"):
-            key: Any = x509.load_pem_x509_certificate(pem).public_key()
-        elif b"PRIVATE KEY-----" in pem.split(b"\n", 1)[0]:
+        if b"PRIVATE KEY-----" in pem.split(b"\n", 1)[0]:
             raise ValueError("holds a private key; give the public key or certificate only")
-        else:
-            key = serialization.load_pem_public_key(pem)
+        try:
+            if pem.startswith(b"-----BEGIN CERTIFICATE-----"):
+                key: Any = x509.load_pem_x509_certificate(pem).public_key()
+            else:
+                key = serialization.load_pem_public_key(pem)
+        except Exception:  # ValueError, UnsupportedAlgorithm, ...: the file's fault
+            raise ValueError(
+                f"PEM block {index + 1} is not a public key or certificate that can be read"
+            ) from None
         keys.append(SigningKey(None, key, None))
+    if not keys:
+        # As for a JWKS without usable keys: a key file that verifies nothing is a mistake.
+        raise ValueError("the PEM file holds no public key or certificate")
     return tuple(keys)
 
 
@@ -446,6 +495,21 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"cannot read it: {exc.strerror or exc}"
     return str(exc)
+
+
+def _reason(exc: Exception) -> str:
+    """Why a fetch failed, without the URL (and its query) that requests' messages quote."""
+    if not isinstance(exc, requests.RequestException):
+        return str(exc)
+    cause: BaseException = exc
+    for _ in range(10):
+        inner = cause.__cause__ or cause.__context__
+        if inner is None:
+            break
+        cause = inner
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"{type(cause).__name__}: {cause.strerror}"
+    return type(cause).__name__
 
 
 @hookimpl

@@ -66,6 +66,8 @@ class JwksServer:
     """Serves ``keys`` as a JWKS at ``/jwks.json`` and counts how often it was fetched."""
 
     keys: list[SigningKey] = field(default_factory=list)
+    body: bytes | None = None
+    """Served instead of the JWKS of ``keys`` when set."""
     fetches: int = 0
     server: ThreadingHTTPServer | None = None
 
@@ -87,7 +89,9 @@ class JwksServer:
 
             def do_GET(self) -> None:
                 owner.fetches += 1
-                data = json.dumps(owner.document()).encode()
+                data = (
+                    owner.body if owner.body is not None else json.dumps(owner.document()).encode()
+                )
                 self.send_response(200 if self.path == "/jwks.json" else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

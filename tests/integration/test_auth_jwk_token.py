@@ -230,6 +230,14 @@ def test_identity_provider_down_is_503_not_401(
             "authentication.jwk-token.algorithms.0",
         ),
         ({"jwks_url": "http://a", "leeway": 3}, "authentication.jwk-token.leeway: unknown key"),
+        (
+            {"jwks_url": "http://a", "jwks_timeout_seconds": 1.0e300},
+            "authentication.jwk-token.jwks_timeout_seconds",
+        ),
+        (
+            {"jwks_url": "ftp://idp:pa55word@example.com/jwks"},
+            "authentication.jwk-token.jwks_url: not an http:// or https:// URL",
+        ),
     ],
 )
 def test_bad_settings_fail_config_check_naming_the_key(
@@ -241,6 +249,74 @@ def test_bad_settings_fail_config_check_naming_the_key(
     assert result.returncode == 2, result.stdout
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "pa55word" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"[" * 100_000, "JSON nested too deeply"),
+        (b"-----BEGIN", "holds no public key or certificate"),
+        (b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "PEM block 1"),
+        (b'{"keys": []}', "holds no usable signature keys"),
+        (b" " * (1024 * 1024 + 1), "is larger than 1048576 bytes"),
+    ],
+    ids=["deep-json", "begin-only", "bad-pem", "empty-jwks", "too-large"],
+)
+def test_a_bad_jwks_file_fails_config_check_naming_the_key(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    keys = tmp_path / "keys.pem"
+    keys.write_bytes(content)
+    result = run_config_check(
+        tmp_path, {"authentication": {"module": "jwk-token", "jwk-token": {"jwks_file": str(keys)}}}
+    )
+    assert result.returncode == 2, result.stdout
+    assert "authentication.jwk-token.jwks_file: " in result.stderr
+    assert problem in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_endless_jwks_file_fails_config_check_instead_of_filling_memory(
+    tmp_path: Path,
+) -> None:
+    result = run_config_check(
+        tmp_path,
+        {"authentication": {"module": "jwk-token", "jwk-token": {"jwks_file": "/dev/zero"}}},
+    )
+    assert result.returncode == 2, result.stdout
+    assert "authentication.jwk-token.jwks_file: /dev/zero is larger than" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000, b"{" * 2 * 1024 * 1024], ids=["deep-json", "too-large"]
+)
+def test_a_jwks_url_serving_junk_is_503_not_500(
+    server_factory: Callable[..., RunningServer], rsa_key: SigningKey, body: bytes
+) -> None:
+    junk = JwksServer(body=body).start()
+    try:
+        server = server_factory(jwk_settings(jwks_url=junk.url))
+        response = ask(server, rsa_key.token())
+    finally:
+        junk.stop()
+    assert response.status_code == 503, response.text
+    assert "cannot fetch signing keys" in server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_the_log_masks_the_password_and_query_of_the_jwks_url(
+    server_factory: Callable[..., RunningServer], rsa_key: SigningKey
+) -> None:
+    down = JwksServer().start()
+    url = down.url.replace("http://", "http://idp:pa55word@") + "?token=s3cret"
+    down.stop()
+    server = server_factory(jwk_settings(jwks_url=url, jwks_timeout_seconds=1))
+    assert ask(server, rsa_key.token()).status_code == 503
+    log = server.log()
+    assert "cannot fetch signing keys from http://idp:********@127.0.0.1:" in log
+    assert "pa55word" not in log
+    assert "s3cret" not in log
 
 
 def _b64(data: bytes) -> str:
