@@ -40,6 +40,11 @@ KINDS: tuple[str, ...] = ("feedback", "transcript")
 # Below this many files a process pool costs more (forking, shipping results back) than it
 # saves: a record takes tens of microseconds to read and check.
 PARALLEL_THRESHOLD = 400
+# The largest record read by default: the collector's default max_archive_bytes, so a larger
+# record would not be exported anyway (it goes to quarantine), and the ingress server's
+# default upload limit. A file past it is reported without being loaded; a 2 GB one would
+# otherwise take twice its size in memory, in every worker.
+DEFAULT_MAX_BYTES = 104857600
 _MAX_MESSAGE = 300
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -122,6 +127,7 @@ def validate_files(
     workers: int | None = None,
     progress: Progress | None = None,
     parallel_threshold: int = PARALLEL_THRESHOLD,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[FileResult]:
     """Check every file, in parallel when there are enough of them; results in input order.
 
@@ -136,7 +142,7 @@ def validate_files(
     if workers == 1 or len(files) < parallel_threshold:
         results = []
         for index, file in enumerate(files, 1):
-            results.append(check_file(file, kind))
+            results.append(check_file(file, kind, max_bytes))
             if progress is not None and index % 500 == 0:
                 progress(index, len(files))
         if progress is not None:
@@ -148,7 +154,7 @@ def validate_files(
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=_fork_context()) as pool:
-        for batch in pool.map(check_batch, batches, repeat(kind)):
+        for batch in pool.map(check_batch, batches, repeat(kind), repeat(max_bytes)):
             results.extend(batch)
             if progress is not None:
                 progress(len(results), len(files))
@@ -173,15 +179,25 @@ def _fork_context() -> BaseContext | None:
     return None
 
 
-def check_batch(files: Sequence[str], kind: str | None) -> list[FileResult]:
-    return [check_file(file, kind) for file in files]
+def check_batch(
+    files: Sequence[str], kind: str | None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> list[FileResult]:
+    return [check_file(file, kind, max_bytes) for file in files]
 
 
-def check_file(file: str, kind: str | None = None) -> FileResult:
+def check_file(
+    file: str, kind: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> FileResult:
     try:
-        raw = _read(file)
+        raw = _read(file, max_bytes)
     except NotARegularFile:
         return FileResult(file, kind, (Problem("$", "read", "not a regular file"),))
+    except TooLarge as exc:
+        message = (
+            f"{exc.size} bytes, more than a record may have ({max_bytes}); not read "
+            "(--max-bytes raises the limit)"
+        )
+        return FileResult(file, kind, (Problem("$", "read", message),))
     except OSError as exc:
         return FileResult(file, kind, (Problem("$", "read", f"cannot read: {exc.strerror}"),))
     try:
@@ -206,7 +222,15 @@ class NotARegularFile(Exception):
     """A FIFO, device or socket: reading one could block forever or never end."""
 
 
-def _read(file: str) -> bytes:
+class TooLarge(Exception):
+    """Larger than a record may be: not read into memory."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _read(file: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """The whole file in as few system calls as the OS allows: records are small and many,
     so a buffered file object's set-up costs more than the read itself. Opened without
     blocking, so a FIFO named like a record is reported instead of waited on."""
@@ -217,13 +241,19 @@ def _read(file: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise NotARegularFile(file)
         size = info.st_size
+        if size > max_bytes:
+            raise TooLarge(size)
         data = os.read(fd, size + 1)
         if len(data) <= size:
             return data
-        # The file grew since fstat: read to the end.
+        # The file grew since fstat: read to the end, or to the limit.
         chunks = [data]
+        total = len(data)
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise TooLarge(total)
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -479,6 +509,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the report to FILE instead of standard output",
     )
     parser.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_BYTES,
+        metavar="N",
+        help="report files larger than N bytes without reading them "
+        f"(default: {DEFAULT_MAX_BYTES}, the default max_archive_bytes)",
+    )
+    parser.add_argument(
         "--jobs",
         "-j",
         type=_positive_int,
@@ -508,7 +546,11 @@ def run(args: argparse.Namespace) -> int:
     files = [entry for entry in found if isinstance(entry, str)]
     started = time.perf_counter()
     progress = _TerminalProgress(sys.stderr) if _show_progress(sys.stderr) else None
-    checked = iter(validate_files(files, args.kind, workers=args.jobs, progress=progress))
+    checked = iter(
+        validate_files(
+            files, args.kind, workers=args.jobs, progress=progress, max_bytes=args.max_bytes
+        )
+    )
     if progress is not None:
         progress.finish()
     # Unreadable folders keep their place among the files found around them.

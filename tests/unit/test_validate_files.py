@@ -65,6 +65,7 @@ def test_collect_keeps_order_drops_duplicates_and_refuses_missing_paths(tmp_path
 
 SCRIPT = Path(sys.executable).parent / "lightspeed-collector"
 NOBODY = 65534
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def validate(
@@ -171,3 +172,53 @@ def test_names_and_values_that_are_not_utf8_are_escaped_alike_in_every_report(
     assert names == [name, str(tmp_path / "records/odd.json")]
     failures = "".join(failure.text or "" for failure in suite.iter("failure"))
     assert "Invalid feedback category '\\udcff'" in failures
+
+
+def test_a_file_larger_than_a_record_may_be_is_reported_without_being_read(
+    tmp_path: Path,
+) -> None:
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as handle:
+        handle.truncate(2 * 1024**3)  # sparse: 2 GB that take no disk
+    [example] = (ROOT / "docs" / "examples" / "records" / "feedback").rglob("*.json")
+    record = example.read_bytes()
+    (tmp_path / "small.json").write_bytes(record)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import resource, sys\n"
+            "from lightspeed_collector.cli import main\n"
+            "code = main(sys.argv[1:])\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(code)\n",
+            "validate",
+            "--format",
+            "json",
+            "--jobs",
+            "1",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CI": "true"},
+    )
+
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    [problem] = report["files"][0]["errors"]
+    assert (problem["rule"], problem["message"]) == (
+        "read",
+        "2147483648 bytes, more than a record may have (104857600); not read "
+        "(--max-bytes raises the limit)",
+    )
+    assert report["files"][1]["valid"]
+    peak_kib = int(result.stderr.split()[-1])
+    assert peak_kib < 200 * 1024, f"{peak_kib} KiB at peak"
+
+    limited = validate("--max-bytes", str(len(record) - 1), str(tmp_path / "small.json"))
+    assert limited.returncode == 1
+    assert f"{len(record)} bytes, more than a record may have ({len(record) - 1})" in limited.stdout
+    assert validate("--max-bytes", str(len(record)), str(tmp_path / "small.json")).returncode == 0
