@@ -14,7 +14,9 @@ import http.client
 import json
 import logging
 import math
+import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +40,7 @@ from lightspeed_collector.types import (
     QueryRequest,
     RateLimited,
     ValidationFailed,
+    masked_url,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,15 @@ DEFAULT_KEY_HEADER = "Authorization"
 # Visible ASCII: what API keys are made of, and all an HTTP header can carry safely.
 _KEY_SHAPE = re.compile(r"[\x21-\x7e]+")
 KEY_SOURCES = ("api_key", "api_key_file", "api_key_env")
+# What an HTTP header may carry: a token for the name (RFC 9110), visible ASCII with inner
+# spaces or tabs for the value (a line break would end the header; YAML's `|` adds one).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
+# A socket timeout must fit the system's clock type (1e300 overflows on every request); an
+# hour is far beyond any answer worth waiting for.
+MAX_TIMEOUT_SECONDS = 3600
+# A CA bundle is a few hundred kilobytes; a path to anything else (/dev/zero) is a mistake.
+MAX_CA_FILE_BYTES = 16 * 1024 * 1024
 # Upstream error text is passed on to help, but a page of HTML from a proxy helps nobody.
 MAX_UPSTREAM_MESSAGE = 300
 
@@ -61,7 +73,8 @@ SETTINGS_SCHEMA: dict[str, Any] = {
             "pattern": "^https?://",
             "description": "Base URL of the server, e.g. http://127.0.0.1:8000/v1; "
             "/chat/completions is appended unless the URL already ends with it.",
-            "x-messages": {"pattern": "'{value}' is not an http:// or https:// URL"},
+            # The URL may carry credentials: it is not quoted.
+            "x-messages": {"pattern": "not an http:// or https:// URL"},
         },
         "model": {
             "type": "string",
@@ -95,6 +108,7 @@ SETTINGS_SCHEMA: dict[str, Any] = {
         "timeout_seconds": {
             "type": "number",
             "exclusiveMinimum": 0,
+            "maximum": MAX_TIMEOUT_SECONDS,
             "default": DEFAULT_TIMEOUT_SECONDS,
             "description": "Longest wait for the server to connect, answer, or send the next "
             "piece of a streamed answer.",
@@ -105,7 +119,10 @@ SETTINGS_SCHEMA: dict[str, Any] = {
         },
         "headers": {
             "type": "object",
-            "additionalProperties": {"type": "string", "description": "Header value."},
+            "additionalProperties": {
+                "type": "string",
+                "description": "Header value: visible ASCII, inner spaces allowed.",
+            },
             "description": "Extra headers sent with every request (not for secrets: they "
             "are shown by config dump).",
         },
@@ -232,8 +249,20 @@ class OpenAIProvider:
         except requests.RequestException as exc:
             if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
                 raise self._timed_out() from None  # the body, not the headers, was too slow
-            log.warning("provider %s: cannot reach %s: %s", self.name, self.endpoint, exc)
+            log.warning(
+                "provider %s: cannot reach %s: %s",
+                self.name,
+                masked_url(self.endpoint),
+                _reason(exc),
+            )
             raise self._failed("could not be reached") from None
+        except OSError as exc:
+            # requests checks ca_file only when it connects, with a plain OSError: a file
+            # removed after start-up must not turn every query into a 500.
+            log.error("provider %s: cannot use the CA bundle %s: %s", self.name, self.verify, exc)
+            raise self._failed(
+                "cannot check the server's certificate; the service log says why"
+            ) from None
         if response.status_code >= 400:
             with response:
                 raise self._upstream_error(response, key)
@@ -328,7 +357,7 @@ class OpenAIProvider:
             http.client.HTTPException,
             OSError,
         ) as exc:
-            log.warning("provider %s: the streamed answer broke off: %s", self.name, exc)
+            log.warning("provider %s: the streamed answer broke off: %s", self.name, _reason(exc))
             raise self._failed("broke off the streamed answer") from None
         if not finished:
             raise self._failed("ended the streamed answer before it was finished")
@@ -352,7 +381,7 @@ class OpenAIProvider:
             # Some servers quote (part of) the key they refused; none of it may leave.
             message = message.replace(key, "********")
         message = message[:MAX_UPSTREAM_MESSAGE]
-        log.warning("provider %s: HTTP %s from %s", self.name, status, self.endpoint)
+        log.warning("provider %s: HTTP %s from %s", self.name, status, masked_url(self.endpoint))
         if status == 429:
             return RateLimited(
                 f"Provider '{self.name}' is rate limiting requests: {message}",
@@ -507,6 +536,66 @@ def _retry_after(headers: Mapping[str, str]) -> int | None:
     return None
 
 
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a connection failure: requests' own text quotes the URL with
+    its query, and an invalid header's text quotes the header."""
+    cause = exc
+    for _ in range(10):
+        inner = cause.__cause__ or cause.__context__
+        if inner is None:
+            break
+        cause = inner
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"{type(cause).__name__}: {cause.strerror}"
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return f"{type(cause).__name__}: {cause.reason}"
+    return type(cause).__name__
+
+
+def _check_headers(name: str, settings: Mapping[str, Any]) -> None:
+    """Fail at start-up, naming the header but never its value, when a header cannot be
+    sent: otherwise every query is a 502."""
+    where = f"query.providers.{name}"
+    header = settings.get("api_key_header", DEFAULT_KEY_HEADER)
+    if not _HEADER_NAME.fullmatch(header):
+        raise ConfigError(f"{where}.api_key_header", "is not a valid HTTP header name")
+    for header, value in settings.get("headers", {}).items():
+        if not _HEADER_NAME.fullmatch(header):
+            raise ConfigError(f"{where}.headers", f"'{header}' is not a valid HTTP header name")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"{where}.headers.{header}",
+                "the value holds characters an HTTP header cannot carry (a line break, e.g. "
+                "from YAML's '|', other control or non-ASCII characters, or leading or "
+                "trailing spaces); not shown: it may be a secret",
+            )
+
+
+def _check_ca_file(name: str, settings: Mapping[str, Any]) -> None:
+    """Fail at start-up, naming the key, when the CA bundle cannot be used: requests would
+    only find out when it connects, for every query."""
+    path = settings.get("ca_file")
+    if not path:
+        return
+    key = f"query.providers.{name}.ca_file"
+    try:
+        if os.path.isdir(path):
+            os.listdir(path)  # a directory of hashed certificates, as OpenSSL's -CApath
+            return
+        size = os.stat(path).st_size
+        if not os.path.isfile(path) or size > MAX_CA_FILE_BYTES:
+            raise ConfigError(key, f"{path} is not a CA bundle file (PEM)")
+        with open(path, "rb"):
+            pass
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:
+        raise ConfigError(key, f"{path} holds no CA certificate (PEM) that can be read") from None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise ConfigError(key, "the path holds a NUL character") from None
+
+
 def _check_key_sources(name: str, settings: Mapping[str, Any], config: Config) -> None:
     """Fail at start-up, naming the key, when the API key cannot be found."""
     given = [key for key in KEY_SOURCES if key in settings]
@@ -535,5 +624,7 @@ def register_query_providers(config: Config) -> Sequence[QueryProvider]:
     providers: list[QueryProvider] = []
     for name, settings in sorted(config.provider_instances(PROVIDER_TYPE).items()):
         _check_key_sources(name, settings, config)
+        _check_headers(name, settings)
+        _check_ca_file(name, settings)
         providers.append(OpenAIProvider(name, settings, config))
     return providers

@@ -273,7 +273,10 @@ def test_key_from_environment_and_several_named_instances(
     ("settings", "message"),
     [
         ({"model": "m"}, "query.providers.llm.url: Field required"),
-        ({"url": "ftp://x", "model": "m"}, "is not an http:// or https:// URL"),
+        (
+            {"url": "ftp://x", "model": "m"},
+            "query.providers.llm.url: not an http:// or https:// URL",
+        ),
         ({"url": "http://x", "model": "m", "colour": 1}, "query.providers.llm.colour: unknown key"),
         (
             {"url": "http://x", "model": "m", "api_key": "a", "api_key_env": "B"},
@@ -290,6 +293,39 @@ def test_key_from_environment_and_several_named_instances(
         (
             {"url": "http://x", "model": "m", "api_key": "sk-\u2014pasted"},
             "query.providers.llm.api_key: the API key holds characters an HTTP header cannot",
+        ),
+        (
+            # YAML's `|` ends the value with a line break.
+            {"url": "http://x", "model": "m", "headers": {"X-Team": "team-s3cret\n"}},
+            "query.providers.llm.headers.X-Team: the value holds characters an HTTP header",
+        ),
+        (
+            {"url": "http://x", "model": "m", "headers": {"X-Team": "team-s3cret\r\nX-Evil: 1"}},
+            "query.providers.llm.headers.X-Team: the value holds characters an HTTP header",
+        ),
+        (
+            {"url": "http://x", "model": "m", "headers": {"X-Team": "t\u00e9am-s3cret"}},
+            "query.providers.llm.headers.X-Team: the value holds characters an HTTP header",
+        ),
+        (
+            {"url": "http://x", "model": "m", "headers": {"X Team": "ok"}},
+            "query.providers.llm.headers: 'X Team' is not a valid HTTP header name",
+        ),
+        (
+            {"url": "https://x", "model": "m", "ca_file": "/nonexistent/ca.pem"},
+            "query.providers.llm.ca_file: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            {"url": "https://x", "model": "m", "ca_file": "/dev/zero"},
+            "query.providers.llm.ca_file: /dev/zero is not a CA bundle file",
+        ),
+        (
+            {"url": "https://x", "model": "m", "timeout_seconds": 1.0e300},
+            "query.providers.llm.timeout_seconds",
+        ),
+        (
+            {"url": "ftp://u:pa55word@x", "model": "m"},
+            "query.providers.llm.url: not an http:// or https:// URL",
         ),
     ],
 )
@@ -311,3 +347,82 @@ def test_bad_provider_settings_fail_config_check_naming_the_key(
     assert result.returncode == 2, result.stdout
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
+    assert "pa55word" not in result.stderr
+
+
+def test_a_ca_file_that_is_not_pem_fails_config_check(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("hello\n")
+    config = merge(
+        base_settings(tmp_path),
+        {
+            "query": {
+                "providers": {
+                    "llm": {
+                        "type": "openai",
+                        "url": "https://x",
+                        "model": "m",
+                        "ca_file": str(not_pem),
+                    }
+                }
+            }
+        },
+    )
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "lightspeed_collector", "config", "check", "-c", str(config_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stdout
+    assert f"query.providers.llm.ca_file: {not_pem} holds no CA certificate" in result.stderr
+
+
+def test_a_ca_file_removed_while_serving_is_502_not_500(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(Path(requests.certs.where()).read_bytes())
+    closed = StandIn().start()
+    url = closed.url.replace("http://", "https://")
+    closed.stop()
+    server = server_factory(
+        {
+            "query": {
+                "default_provider": "llm",
+                "providers": {
+                    "llm": {"type": "openai", "url": url, "model": "m", "ca_file": str(ca_file)}
+                },
+            }
+        }
+    )
+    assert ask(server, "hi").status_code == 502
+    ca_file.unlink()
+    response = ask(server, "hi")
+    assert response.status_code == 502, response.text
+    assert "certificate" in response.json()["detail"]["cause"]
+    assert "cannot use the CA bundle" in server.log()
+    assert "Traceback" not in server.log()
+
+
+def test_the_log_masks_the_password_and_query_of_the_url(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    closed = StandIn().start()
+    url = closed.url.replace("http://", "http://user:pa55word@") + "?key=s3cret"
+    closed.stop()
+    server = server_factory(
+        {
+            "query": {
+                "default_provider": "llm",
+                "providers": {"llm": {"type": "openai", "url": url, "model": "m"}},
+            }
+        }
+    )
+    assert ask(server, "hi").status_code == 502
+    log = server.log()
+    assert "cannot reach http://user:********@127.0.0.1:" in log
+    assert "pa55word" not in log
+    assert "s3cret" not in log
