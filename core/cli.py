@@ -147,7 +147,12 @@ def _export(config: Config, once: bool) -> int:
 def _config(config: Config, action: str) -> int:
     from . import plugin_manager
 
-    plugin_manager.load(config)
+    pm, _ = plugin_manager.load(config)
+    if config.section("user_data_collection", "data_collector")["enabled"]:
+        # serve would refuse to start without it, so the check must say so too.
+        from .collector.runner import choose_exporter, registered_exporters
+
+        choose_exporter(config, registered_exporters(config, pm))
     if action == "check":
         print(f"configuration OK ({config.source or 'embedded defaults'})")
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +40,14 @@ _SECRET_WORDS = (
 )
 # Mappings of HTTP headers sent upstream: any header may carry a credential.
 _SECRET_MAPPINGS = ("headers",)
+# A configuration or secret file is a few kilobytes; the limit keeps a wrong path (a log,
+# /dev/zero) from being read into memory.
+MAX_FILE_BYTES = 1024 * 1024
+# Values a configuration may hold once YAML aliases are expanded: far above any real file,
+# far below what a handful of nested aliases can make a loader and its error messages build.
+_MAX_VALUES = 100_000
+# A message quotes at most this much of a wrong value.
+_MAX_MESSAGE_CHARS = 300
 
 
 class Config:
@@ -90,22 +99,41 @@ def resolve_secret(settings: Mapping[str, Any], key: str, where: str = "") -> st
         return str(value)
     path = settings.get(f"{key}_file")
     if path:
-        try:
-            # utf-8-sig: editors on some systems start a UTF-8 file with a byte-order mark,
-            # which would otherwise become part of the secret.
-            return Path(path).read_text("utf-8-sig").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{prefix}{key}_file", f"cannot read {path}: {exc.strerror}"
-            ) from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{prefix}{key}_file", f"{path} is not UTF-8 text") from None
+        # utf-8-sig: editors on some systems start a UTF-8 file with a byte-order mark,
+        # which would otherwise become part of the secret.
+        secret = read_text_file(path, f"{prefix}{key}_file", encoding="utf-8-sig").strip()
+        if not secret:
+            raise ConfigError(f"{prefix}{key}_file", f"{path} is empty")
+        return secret
     env = settings.get(f"{key}_env")
     if env:
         if env not in os.environ:
             raise ConfigError(f"{prefix}{key}_env", f"environment variable {env} is not set")
         return os.environ[env]
     return None
+
+
+def read_text_file(
+    path: str | os.PathLike[str], key: str, *, encoding: str = "utf-8", limit: int = MAX_FILE_BYTES
+) -> str:
+    """The text of a file a setting names; any problem is a ``ConfigError`` naming ``key``.
+
+    At most ``limit`` bytes are read, so a setting pointing at the wrong file fails with a
+    message instead of filling memory.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise ConfigError(key, "the path holds a NUL character") from None
+    if len(data) > limit:
+        raise ConfigError(key, f"{path} is larger than {limit} bytes")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{path} is not UTF-8 text") from None
 
 
 def masked_url(url: str) -> str:
@@ -163,14 +191,14 @@ def load_config(path: str | Path | None = None) -> Config:
     if chosen is None:
         return default_config()
     source = Path(chosen)
+    if not source.exists():
+        raise ConfigError("", f"configuration file {source} does not exist")
     try:
-        text = source.read_text("utf-8")
-    except FileNotFoundError:
-        raise ConfigError("", f"configuration file {source} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"cannot read configuration file {source}: {exc}") from None
+        text = read_text_file(source, "")
+    except ConfigError as exc:
+        raise ConfigError("", f"cannot use configuration file {source}: {exc.problem}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -193,8 +221,10 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     from . import validation
 
     schema = validation.load_schema("config")
+    _check_values(raw)
     data = copy.deepcopy(dict(raw))
     _apply_defaults(schema, data)
+    _whole_numbers(schema, data)
     problems = validation.check("config", data)
     if problems:
         messages = [_config_message(schema, problem.loc, problem.msg) for problem in problems]
@@ -231,7 +261,103 @@ def _config_message(schema: Mapping[str, Any], loc: tuple[str | int, ...], msg: 
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{path}: unknown key{hint}"
-    return f"{path}: {msg}"
+    return f"{path}: {setting_problem(loc, msg)}"
+
+
+def setting_problem(loc: tuple[str | int, ...], msg: str) -> str:
+    """A validation message fit for a terminal or a log: without the value when the setting
+    holds a secret, and never longer than a line or two."""
+    if _holds_secret(loc):
+        found = _VALUE_FREE.search(msg)
+        rule = f"the value {found.group(0).strip()}" if found else "the value is not valid"
+        return f"{rule} (not shown: the setting holds a secret)"
+    if len(msg) > _MAX_MESSAGE_CHARS:
+        return msg[:_MAX_MESSAGE_CHARS] + "… (cut)"
+    return msg
+
+
+# How jsonschema words a rule after quoting the value: "<value> is not of type 'string'".
+_VALUE_FREE = re.compile(
+    r" (is not of type|is not one of|is not valid under|does not match|is too (long|short)"
+    r"|is (less|greater) than|is not a|should be|was expected|is not allowed).*$"
+)
+
+
+def _holds_secret(loc: tuple[str | int, ...]) -> bool:
+    parts = [part for part in loc if isinstance(part, str)]
+    return any(_is_secret(part) for part in parts) or any(
+        part.lower() in _SECRET_MAPPINGS for part in parts[:-1]
+    )
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """The safe loader, refusing what would silently change what a file means: a key given
+    twice (the last one would quietly win) and keys that are not text (``yes:`` is a boolean
+    in YAML, ``5:`` a number)."""
+
+
+def _construct_mapping(loader: _ConfigLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    own_count = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
+    loader.flatten_mapping(node)
+    # Keys merged in with "<<: *base" come first and may be overridden; the node's own may not.
+    merged_count = len(node.value) - own_count
+    mapping: dict[str, Any] = {}
+    own: set[str] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"the key {key_node.value!r} is read as {type(key).__name__}, not text; quote it",
+                key_node.start_mark,
+            )
+        if index >= merged_count:
+            if key in own:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key '{key}' is given twice", key_node.start_mark
+                )
+            own.add(key)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _check_values(raw: Mapping[str, Any]) -> None:
+    """Refuse what no valid setting holds and what would make the checks themselves costly:
+    NUL characters (no path or URL may contain one) and more than ``_MAX_VALUES`` values,
+    which only alias tricks produce."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), raw)]
+    seen = 0
+    while stack:
+        loc, node = stack.pop()
+        seen += 1
+        if seen > _MAX_VALUES:
+            raise ConfigError(
+                "", f"the configuration expands to more than {_MAX_VALUES} values (YAML aliases?)"
+            )
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise ConfigError(".".join(map(str, loc)), "holds a NUL character")
+        elif isinstance(node, Mapping):
+            stack.extend(((*loc, str(key)), value) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend(((*loc, index), value) for index, value in enumerate(node))
+
+
+def _whole_numbers(schema: Mapping[str, Any], node: dict[str, Any]) -> None:
+    """``5.0`` where a whole number is expected means 5: JSON Schema accepts it as an
+    integer, but Python code given a float where it counts things fails much later."""
+    for key, sub in schema.get("properties", {}).items():
+        value = node.get(key)
+        types = sub.get("type")
+        integer = types == "integer" or (isinstance(types, list) and "integer" in types)
+        if integer and isinstance(value, float) and value.is_integer():
+            node[key] = int(value)
+        elif isinstance(value, dict):
+            _whole_numbers(sub, value)
 
 
 def _subschema(schema: Mapping[str, Any], loc: tuple[str | int, ...]) -> Mapping[str, Any] | None:

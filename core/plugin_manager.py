@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from . import PROJECT_NAME, __version__, hookspecs, validation
-from .config import Config
+from .config import Config, setting_problem
 from .errors import ConfigError, PluginError
 from .types import Authenticator, ConfigSchema, Exporter, QueryProvider, RecordSink, Redactor
 
@@ -186,10 +186,12 @@ def validate_plugin_settings(config: Config, pm: pluggy.PluginManager) -> None:
             lines = []
             for problem in problems:
                 where = ".".join([path, *map(str, problem.loc)])
-                lines.append(
-                    f"{where}: {'unknown key' if problem.msg.startswith('Unknown field') else problem.msg}"
-                )
-            raise ConfigError("", "\n".join(lines))
+                if problem.msg.startswith("Unknown field"):
+                    lines.append(f"{where}: unknown key")
+                else:
+                    loc = (*path.split("."), *problem.loc)
+                    lines.append(f"{where}: {setting_problem(loc, problem.msg)}")
+            raise ConfigError("", "\n".join(dict.fromkeys(lines)))
 
     for instance, settings in config.section("query", "providers").items():
         provider_type = settings.get("type", instance)

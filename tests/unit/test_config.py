@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lightspeed_collector import plugin_manager
 from lightspeed_collector.config import (
     SECRET_MASK,
     Config,
@@ -435,3 +437,189 @@ def test_masking_hides_passwords_and_query_values_in_urls() -> None:
 @pytest.mark.parametrize("url", ["http://[::1", "http://u:pw@host:99999/x"])
 def test_a_url_that_cannot_be_parsed_is_masked_whole(url: str) -> None:
     assert masked_url(url) == SECRET_MASK
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "authentication: {module: api-key}\nservice: {port: 8081}\nauthentication: {module: noop}\n",
+            "at line 3, column 1: the key 'authentication' is given twice",
+        ),
+        ("service:\n  port: 1\n  port: 2\n", "at line 3, column 3: the key 'port' is given twice"),
+        ("1: a\nfoo: b\n", "at line 1, column 1: the key '1' is read as int, not text; quote it"),
+        ("service:\n  5: x\n  zz: y\n", "at line 2, column 3: the key '5' is read as int"),
+        ("yes: 1\nservice: {}\n", "the key 'yes' is read as bool, not text; quote it"),
+        (
+            "query: {providers: {1: {type: echo}}}\n",
+            "at line 1, column 21: the key '1' is read as int",
+        ),
+    ],
+)
+def test_keys_given_twice_or_not_as_text_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+
+
+def test_keys_merged_from_an_anchor_may_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "user_data_collection:\n"
+        f"  feedback_storage: {tmp_path / 'fb'}\n"
+        f"  transcripts_storage: {tmp_path / 'tr'}\n"
+        "service:\n  <<: {host: 127.0.0.1, port: 8081}\n  port: 8082\n"
+        f"  state_dir: {tmp_path / 'state'}\n"
+    )
+    service = load_config(path).section("service")
+    assert (service["host"], service["port"]) == ("127.0.0.1", 8082)
+
+
+def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        previous = f"*a{level - 1}"
+        lines.append(f"a{level}: &a{level} [{', '.join([previous] * 9)}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nplugins: {disabled: *a8}\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "expands to more than 100000 values" in str(caught.value)
+    assert time.monotonic() - started < 5
+
+
+def test_a_configuration_path_to_an_endless_file_fails_cleanly() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config("/dev/zero")
+    assert "/dev/zero is larger than 1048576 bytes" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"user_data_collection": {"user_id_salt_file": "/tmp/a\x00b"}}, "user_id_salt_file"),
+        ({"service": {"state_dir": "/tmp/st\x00x"}}, "service.state_dir"),
+        ({"user_data_collection": {"feedback_storage": "/tmp/f\x00b"}}, "feedback_storage"),
+    ],
+)
+def test_a_nul_character_is_a_configuration_error_naming_the_key(
+    make_config: Callable[..., Config], extra: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(extra)
+    assert key in str(caught.value) and "NUL" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "secret", "key"),
+    [
+        (
+            {"user_data_collection": {"user_id_salt": 123456789}},
+            "123456789",
+            "user_data_collection.user_id_salt: the value is not of type",
+        ),
+        (
+            {"user_data_collection": {"data_collector": {"ingress_server_auth_token": 987654321}}},
+            "987654321",
+            "data_collector.ingress_server_auth_token: the value is not of type",
+        ),
+        (
+            {
+                "query": {
+                    "providers": {
+                        "llm": {"type": "openai", "url": "http://x", "api_key": 12345678901234}
+                    }
+                }
+            },
+            "12345678901234",
+            "query.providers.llm.api_key: the value is not of type",
+        ),
+        (
+            {
+                "authentication": {
+                    "module": "api-key",
+                    "api-key": {"keys": ["sk-very-secret-key-0001"]},
+                }
+            },
+            "sk-very-secret-key-0001",
+            "authentication.api-key.keys.0: the value",
+        ),
+    ],
+)
+def test_errors_never_repeat_a_secret(
+    make_config: Callable[..., Config], extra: dict[str, Any], secret: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config = make_config(extra)
+        plugin_manager.load(config)
+    message = str(caught.value)
+    assert secret not in message
+    assert key in message and "not shown: the setting holds a secret" in message
+
+
+def test_a_long_wrong_value_is_cut_in_the_message(make_config: Callable[..., Config]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config({"service": {"host": ["h" * 100_000]}})
+    assert len(str(caught.value)) < 500 and "(cut)" in str(caught.value)
+
+
+def test_a_whole_number_written_as_a_float_is_taken_as_an_integer(
+    make_config: Callable[..., Config],
+) -> None:
+    collector = make_config(
+        {"user_data_collection": {"data_collector": {"compression_level": 1.0}}}
+    ).section("user_data_collection", "data_collector")
+    assert collector["compression_level"] == 1 and isinstance(collector["compression_level"], int)
+    with pytest.raises(ConfigError, match=r"compression_level: 1\.5 is not of type 'integer'"):
+        make_config({"user_data_collection": {"data_collector": {"compression_level": 1.5}}})
+
+
+@pytest.mark.parametrize(
+    "key", ["collection_interval", "connection_timeout_seconds", "shutdown_timeout_seconds"]
+)
+def test_durations_have_a_ceiling(make_config: Callable[..., Config], key: str) -> None:
+    with pytest.raises(ConfigError, match=f"data_collector.{key}: .* is greater than the maximum"):
+        make_config({"user_data_collection": {"data_collector": {key: 1e20}}})
+
+
+def test_an_empty_secret_file_is_an_error(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    salt = tmp_path / "salt"
+    salt.write_text("  \n")
+    with pytest.raises(
+        ConfigError, match=f"user_data_collection.user_id_salt_file: {salt} is empty"
+    ):
+        make_config({"user_data_collection": {"user_id_salt_file": str(salt)}})
+
+
+@pytest.mark.parametrize(
+    "collector",
+    [
+        "{enabled: true, exporter: nosuch",
+        "{enabled: true",
+    ],
+)
+def test_config_check_refuses_a_missing_exporter_as_serve_does(
+    tmp_path: Path, collector: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"service: {{state_dir: {tmp_path / 'state'}}}\n"
+        "user_data_collection:\n"
+        f"  feedback_storage: {tmp_path / 'fb'}\n"
+        f"  transcripts_storage: {tmp_path / 'tr'}\n"
+        f"  data_collector: {collector}, ingress_server_url: 'http://127.0.0.1:9/upload',"
+        " ingress_content_service_name: ols}\n"
+        "plugins: {disabled: [ingress]}\n"
+    )
+    checked = run_cli("config", "check", "-c", str(config), cwd=tmp_path)
+    assert checked.returncode == 2, checked.stdout
+    assert "user_data_collection.data_collector.exporter:" in checked.stderr
+    assert "is not installed or is disabled" in checked.stderr
+    assert "Traceback" not in checked.stderr
