@@ -37,9 +37,16 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
     if not raw.strip():
         raise BadRequest("Request body is empty; expected a JSON object")
     try:
-        data = json.loads(raw)
+        # Decoded here, strictly: json.loads(bytes) would also take UTF-16 and UTF-32, and
+        # decodes with "surrogatepass", letting encoded lone surrogates into the records.
+        # A UTF-8 byte-order mark is allowed (RFC 8259 lets parsers ignore it) and dropped.
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
         raise BadRequest("Request body is not UTF-8 encoded JSON") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except _NotJson as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"Request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
@@ -55,6 +62,15 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
     if may_hold_surrogates(raw):
         _refuse_surrogates(data)
     return data
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    """Python's parser takes NaN and Infinity, which JSON does not have."""
+    raise _NotJson(f"{name} is not a JSON value")
 
 
 def _refuse_surrogates(data: Any) -> None:

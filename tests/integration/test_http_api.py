@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from lightspeed_collector import validation
@@ -320,6 +321,40 @@ def test_malformed_requests_get_clear_client_errors(
     assert_error(requests.get(f"{server.url}/v1/nothing-here", timeout=10), 404)
     assert_error(requests.delete(f"{server.url}/v1/feedback", timeout=10), 405)
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        # A lone surrogate encoded as UTF-8 bytes (not as a \\u escape): not UTF-8.
+        (b'{"query": "a\xed\xa0\x80b"}', "Request body is not UTF-8 encoded JSON"),
+        ('{"query": "hi"}'.encode("utf-16"), "Request body is not UTF-8 encoded JSON"),
+        # Without a byte-order mark, ASCII text in UTF-16 is valid UTF-8 with NULs in it.
+        ('{"query": "hi"}'.encode("utf-16-le"), "Request body is not valid JSON"),
+        ('{"query": "hi"}'.encode("utf-32"), "Request body is not UTF-8 encoded JSON"),
+        (b'{"query": "x", "media_type": NaN}', "NaN is not a JSON value"),
+        (b'{"query": "x", "temperature": -Infinity}', "-Infinity is not a JSON value"),
+    ],
+)
+def test_bodies_are_strict_utf8_json(server: RunningServer, body: bytes, cause: str) -> None:
+    answer = requests.post(
+        f"{server.url}/v1/query",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert cause in assert_error(answer, 400)["cause"]
+    assert stored_files(server.root / "transcripts") == []
+
+
+def test_a_utf8_byte_order_mark_is_ignored(server: RunningServer) -> None:
+    answer = requests.post(
+        f"{server.url}/v1/query",
+        data=b"\xef\xbb\xbf" + json.dumps({"query": "hi"}).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
 
 
 def test_unpaired_surrogate_escapes_are_422_naming_the_field(server: RunningServer) -> None:
