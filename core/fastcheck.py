@@ -11,6 +11,7 @@ keyword. A differential test holds the two to the same answers.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -161,7 +162,7 @@ class _Compiler:
         return lambda v: _json_equal(v, constant)
 
     def _kw_pattern(self, pattern: str, schema: Any, root: Any) -> Check:
-        search = re.compile(pattern).search
+        search = schema_pattern(pattern).search
         return lambda v: not isinstance(v, str) or search(v) is not None
 
     def _kw_minLength(self, limit: int, schema: Any, root: Any) -> Check:
@@ -280,3 +281,37 @@ class _Compiler:
 
     def _kw_else(self, value: Any, schema: Any, root: Any) -> None:
         """Handled together with ``if``; alone it means nothing."""
+
+
+@functools.cache
+def schema_pattern(pattern: str) -> re.Pattern[str]:
+    """A JSON Schema ``pattern`` compiled with the meaning the standard gives it.
+
+    Schema patterns are ECMA-262 expressions, where ``$`` (outside a character class) matches
+    only at the very end of the text. In Python it also matches before a final newline, so
+    ``"^[a-z]+$"`` would take ``"ols\\n"``: an id, a service name or a header value with a
+    trailing line break. Each such ``$`` becomes ``\\Z``.
+    """
+    translated: list[str] = []
+    index, in_class = 0, False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            translated.append(pattern[index : index + 2])
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            # A "]" right after "[" or "[^" is a literal, not the end of the class.
+            start = index + 1 + (pattern[index + 1 : index + 2] == "^")
+            if pattern[start : start + 1] == "]":
+                translated.append(pattern[index : start + 1])
+                index = start + 1
+                continue
+        elif char == "$":
+            char = "\\Z"
+        translated.append(char)
+        index += 1
+    return re.compile("".join(translated))

@@ -8,13 +8,13 @@ reference service's wording next to the rule it explains instead of in code.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache, cached_property
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .errors import FieldError
-from .fastcheck import compile_check
+from .fastcheck import compile_check, schema_pattern
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -62,9 +62,8 @@ class SchemaValidator:
 
     @cached_property
     def full(self) -> Draft202012Validator:
-        from jsonschema import Draft202012Validator
-
-        return Draft202012Validator(self.schema, registry=_registry())
+        validator: Draft202012Validator = _validator_class()(self.schema, registry=_registry())
+        return validator
 
     @property
     def accelerated(self) -> bool:
@@ -80,6 +79,20 @@ class SchemaValidator:
         if self._fast is not None and self._fast(instance):
             return []
         return _to_field_errors(self.full.iter_errors(instance), root)
+
+
+@cache
+def _validator_class() -> Any:
+    """Draft 2020-12, with ``pattern`` matched as the standard means it (see
+    :func:`~lightspeed_collector.fastcheck.schema_pattern`), so both checks agree."""
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import ValidationError
+
+    def pattern(validator: Any, expected: str, instance: Any, schema: Any) -> Iterator[Any]:
+        if validator.is_type(instance, "string") and not schema_pattern(expected).search(instance):
+            yield ValidationError(f"{instance!r} does not match {expected!r}")
+
+    return validators.extend(Draft202012Validator, {"pattern": pattern})  # type: ignore[no-untyped-call]
 
 
 def compile_validator(schema: Mapping[str, Any]) -> SchemaValidator:

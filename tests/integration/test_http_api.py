@@ -128,6 +128,11 @@ def test_query_validation_errors_name_the_field(server: RunningServer) -> None:
         422,
         "Improper conversation ID '../../etc'",
     )
+    assert_error(
+        ask(server, {"query": "hi", "conversation_id": f"{uuid.uuid4()}\n"}),
+        422,
+        "Improper conversation ID",
+    )
     assert_error(ask(server, {"query": "hi", "media_type": "text/html"}), 422, "text/html")
     bad_image = {"attachment_type": "image", "content_type": "image/png", "content": "aGVsbG8="}
     detail = assert_error(ask(server, {"query": "hi", "attachments": [bad_image]}), 422)

@@ -623,3 +623,14 @@ def test_config_check_refuses_a_missing_exporter_as_serve_does(
     assert "user_data_collection.data_collector.exporter:" in checked.stderr
     assert "is not installed or is disabled" in checked.stderr
     assert "Traceback" not in checked.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("ingress_content_service_name", "ols\n"), ("user_agent", "ols-operator/1.0\n")],
+)
+def test_a_trailing_line_break_does_not_pass_a_pattern(
+    make_config: Callable[..., Config], key: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"data_collector.{key}: "):
+        make_config({"user_data_collection": {"data_collector": {key: value}}})

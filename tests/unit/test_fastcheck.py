@@ -203,3 +203,29 @@ def test_unknown_keywords_fall_back_to_jsonschema() -> None:
     checker = validation.compile_validator({"type": "object", "unevaluatedProperties": False})
     assert not checker.accelerated
     assert checker.errors({"a": 1})
+
+
+@pytest.mark.parametrize(
+    ("pattern", "good", "bad"),
+    [
+        ("^[a-z0-9-]+$", ["ols", "a-1"], ["ols\n", "ols\n\n", ""]),
+        ("^[$a]+$", ["$a", "a$"], ["$\n"]),
+        (r"^a\$$", ["a$"], ["a$\n"]),
+        ("[]$]x$", ["$x", "]x"], ["$x\n"]),
+        ("^(conv_)?[0-9a-f]{4}$|^none$", ["conv_abcd", "none"], ["abcd\n", "none\n"]),
+        (r"\S", [" x "], ["\n"]),
+    ],
+)
+def test_dollar_matches_only_at_the_very_end_as_in_ecma_262(
+    pattern: str, good: list[str], bad: list[str]
+) -> None:
+    """Python's $ also matches before a final newline; schema patterns must not."""
+    schema = {"type": "string", "pattern": pattern}
+    fast = compile_check(schema, lambda ref, root: None)
+    full = validation.compile_validator(schema)
+    assert fast is not None
+    for value in good:
+        assert fast(value) and full.full.is_valid(value), value
+    for value in bad:
+        assert not fast(value) and not full.full.is_valid(value), value
+        assert full.errors(value), value
