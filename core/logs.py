@@ -36,9 +36,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# Line breaks and other control characters in a message, shown as escapes. Messages quote
+# what clients send (a request path, an id); a raw newline there would forge a log line and
+# an escape sequence would drive the reader's terminal.
+_ESCAPES = {
+    code: {10: "\\n", 13: "\\r", 9: "\\t"}.get(code, f"\\x{code:02x}")
+    for code in (*range(0x20), *range(0x7F, 0xA0))
+}
+
+
 class TextFormatter(logging.Formatter):
+    """One line per event; a traceback, when there is one, follows on its own lines."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_ESCAPES)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
