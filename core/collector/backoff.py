@@ -28,11 +28,12 @@ def retry_after_seconds(
     if isinstance(value, int | float):
         return max(0.0, float(value))
     text = value.strip()
-    if text.isdigit():
+    # isdigit() alone also takes digits such as "²" that float() refuses.
+    if text.isascii() and text.isdigit():
         return float(text)
     try:
         moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

@@ -33,6 +33,8 @@ NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
         ("soon", None),
         ("-5", None),
         ("", None),
+        ("\u00b2", None),  # a digit to str.isdigit(), not to float()
+        ("Mon, 01 Jan 9999999999 00:00:00 GMT", None),  # a year datetime cannot hold
     ],
 )
 def test_retry_after_takes_seconds_or_an_http_date(value: object, expected: float | None) -> None:
