@@ -13,7 +13,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -227,7 +227,7 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     _whole_numbers(schema, data)
     problems = validation.check("config", data)
     if problems:
-        messages = [_config_message(schema, problem.loc, problem.msg) for problem in problems]
+        messages = [_config_message(schema, data, problem.loc, problem.msg) for problem in problems]
         raise ConfigError("", "\n".join(messages))
     collection = data["user_data_collection"]
     for kind in ("feedback", "transcripts"):
@@ -253,7 +253,9 @@ def _apply_defaults(schema: Mapping[str, Any], node: dict[str, Any]) -> None:
             _apply_defaults(sub, node[key])
 
 
-def _config_message(schema: Mapping[str, Any], loc: tuple[str | int, ...], msg: str) -> str:
+def _config_message(
+    schema: Mapping[str, Any], data: Mapping[str, Any], loc: tuple[str | int, ...], msg: str
+) -> str:
     path = ".".join(str(part) for part in loc)
     if msg.startswith("Unknown field"):
         parent = _subschema(schema, loc[:-1])
@@ -261,19 +263,44 @@ def _config_message(schema: Mapping[str, Any], loc: tuple[str | int, ...], msg: 
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"{path}: unknown key{hint}"
-    return f"{path}: {setting_problem(loc, msg)}"
+    return f"{path}: {setting_problem(loc, msg, value_at(data, loc))}"
 
 
-def setting_problem(loc: tuple[str | int, ...], msg: str) -> str:
-    """A validation message fit for a terminal or a log: without the value when the setting
-    holds a secret, and never longer than a line or two."""
-    if _holds_secret(loc):
+def setting_problem(loc: tuple[str | int, ...], msg: str, value: Any) -> str:
+    """A validation message fit for a terminal or a log: without the value when it would
+    repeat a secret held at or below ``loc`` (``value`` is what is there), and never longer
+    than a line or two."""
+    if any(secret in msg for secret in _secret_texts(loc, value)):
         found = _VALUE_FREE.search(msg)
         rule = f"the value {found.group(0).strip()}" if found else "the value is not valid"
         return f"{rule} (not shown: the setting holds a secret)"
     if len(msg) > _MAX_MESSAGE_CHARS:
         return msg[:_MAX_MESSAGE_CHARS] + "… (cut)"
     return msg
+
+
+def value_at(node: Any, loc: tuple[str | int, ...]) -> Any:
+    """What ``loc`` points at inside ``node``, or ``None`` when nothing is there."""
+    for part in loc:
+        in_mapping = isinstance(node, Mapping) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if not (in_mapping or in_list):
+            return None
+        node = node[part]
+    return node
+
+
+def _secret_texts(loc: tuple[str | int, ...], value: Any) -> Iterator[str]:
+    """The text of every secret at or below ``loc``, as a message could quote it."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [(loc, value)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, Mapping):
+            stack.extend(((*path, str(key)), item) for key, item in node.items())
+        elif isinstance(node, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(node))
+        elif node not in (None, "") and not isinstance(node, bool) and _holds_secret(path):
+            yield str(node)
 
 
 # How jsonschema words a rule after quoting the value: "<value> is not of type 'string'".
@@ -284,8 +311,11 @@ _VALUE_FREE = re.compile(
 
 
 def _holds_secret(loc: tuple[str | int, ...]) -> bool:
+    """Whether the value at ``loc`` is a secret: its key says so (list items take their
+    list's key), or it sits in a mapping of headers. Section names such as ``jwk-token`` do
+    not make everything below them secret."""
     parts = [part for part in loc if isinstance(part, str)]
-    return any(_is_secret(part) for part in parts) or any(
+    return (bool(parts) and _is_secret(parts[-1])) or any(
         part.lower() in _SECRET_MAPPINGS for part in parts[:-1]
     )
 

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from . import PROJECT_NAME, __version__, hookspecs, validation
-from .config import Config, setting_problem
+from .config import Config, setting_problem, value_at
 from .errors import ConfigError, PluginError
 from .types import Authenticator, ConfigSchema, Exporter, QueryProvider, RecordSink, Redactor
 
@@ -190,7 +190,8 @@ def validate_plugin_settings(config: Config, pm: pluggy.PluginManager) -> None:
                     lines.append(f"{where}: unknown key")
                 else:
                     loc = (*path.split("."), *problem.loc)
-                    lines.append(f"{where}: {setting_problem(loc, problem.msg)}")
+                    value = value_at(settings, problem.loc)
+                    lines.append(f"{where}: {setting_problem(loc, problem.msg, value)}")
             raise ConfigError("", "\n".join(dict.fromkeys(lines)))
 
     for instance, settings in config.section("query", "providers").items():
