@@ -20,11 +20,13 @@ import os
 import re
 import secrets
 import ssl
+import time
 from collections.abc import Mapping
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from lightspeed_collector import __version__, hookimpl
 from lightspeed_collector.types import (
@@ -205,11 +207,13 @@ class IngressExporter:
         finally:
             body.close()
         with response:
-            return self._receipt(response, archive, where)
+            return self._receipt(response, archive, where, timeout)
 
-    def _receipt(self, response: requests.Response, archive: Archive, where: str) -> Receipt:
+    def _receipt(
+        self, response: requests.Response, archive: Archive, where: str, timeout: float
+    ) -> Receipt:
         status = response.status_code
-        answer = _read_answer(response)
+        answer = _read_answer(response, timeout)
         if 200 <= status < 300:
             request_id = _request_id(answer)
             if request_id is None:
@@ -286,19 +290,37 @@ def _reason(exc: requests.RequestException) -> str:
     return type(cause).__name__ if not str(cause) else f"{type(cause).__name__}: {str(cause)[:120]}"
 
 
-def _read_answer(response: requests.Response) -> Any:
-    """The server's answer: its JSON if it is JSON, else its text; at most _ANSWER_LIMIT
-    bytes are read, so a server answering with an endless page cannot exhaust memory."""
+def _read_answer(response: requests.Response, timeout: float) -> Any:
+    """The server's answer: its JSON if it is JSON, else its text.
+
+    Whatever the server does, reading it is bounded: at most _ANSWER_LIMIT bytes (an endless
+    page cannot fill memory), for about ``timeout`` seconds (the read timeout applies to each
+    read, so an answer trickled a byte at a time would otherwise hold the upload for hours),
+    and nothing in it can fail the upload: the status has already said whether the archive
+    was taken, and an unreadable answer only loses its request id.
+    """
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
     try:
-        raw = next(response.iter_content(_ANSWER_LIMIT), b"")
-    except requests.RequestException:
-        return ""
-    text = raw.decode(response.encoding or "utf-8", errors="replace")
+        while size < _ANSWER_LIMIT and time.monotonic() < deadline:
+            chunk = response.raw.read1(_ANSWER_LIMIT - size, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+        pass  # what arrived is all there is
+    raw = b"".join(chunks)
+    try:
+        text = raw.decode(response.encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = raw.decode("utf-8", errors="replace")
     # The real server sets no JSON content type on its answer, so the body is parsed as
     # JSON whatever the header says.
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 

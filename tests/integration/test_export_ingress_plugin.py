@@ -11,6 +11,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -378,6 +379,70 @@ def test_a_private_ca_is_trusted_through_requests_ca_bundle(
     with receiver(_Accepting, context) as url:
         receipt = exporter_for(url).export(archive_file(tmp_path))
     assert (receipt.status, receipt.request_id) == (202, "tls-1")
+
+
+class _OddAcceptance(BaseHTTPRequestHandler):
+    """Accepts every upload with a 202 whose body or headers are odd in one way."""
+
+    body: ClassVar[bytes] = b""
+    content_type: ClassVar[str] = "application/json"
+    trickle: ClassVar[bool] = False
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(202)
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(100_000 if self.trickle else len(self.body)))
+        self.end_headers()
+        try:
+            if not self.trickle:
+                self.wfile.write(self.body)
+                return
+            for _ in range(100):  # a byte every 0.1 s: each read is quick, the whole is not
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client stopped listening, as it should
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("odd", "request_id"),
+    [
+        ({"body": b"[" * 100_000}, None),
+        (
+            {"body": b'{"request_id": "r-1"}', "content_type": "application/json; charset=bogus"},
+            "r-1",
+        ),
+        ({"body": b"\xff\xfe not json"}, None),
+    ],
+)
+def test_an_odd_answer_to_an_accepted_upload_still_counts_it_as_sent(
+    exporter_for: Callable[..., IngressExporter],
+    tmp_path: Path,
+    odd: dict[str, object],
+    request_id: str | None,
+) -> None:
+    """The status says the archive was taken; failing on the body would send it again."""
+    handler = type("Handler", (_OddAcceptance,), odd)
+    with receiver(handler) as url:
+        receipt = exporter_for(url).export(archive_file(tmp_path))
+    assert (receipt.status, receipt.request_id) == (202, request_id)
+
+
+def test_an_answer_trickled_byte_by_byte_is_read_for_the_timeout_only(
+    exporter_for: Callable[..., IngressExporter], tmp_path: Path
+) -> None:
+    handler = type("Handler", (_OddAcceptance,), {"trickle": True})
+    with receiver(handler) as url:
+        started = time.monotonic()
+        receipt = exporter_for(url, connection_timeout_seconds=1).export(archive_file(tmp_path))
+        elapsed = time.monotonic() - started
+    assert receipt.status == 202 and receipt.request_id is None
+    assert elapsed < 3, f"took {elapsed:.1f} s"
 
 
 class _HugeAnswer(BaseHTTPRequestHandler):
