@@ -582,18 +582,29 @@ class Collector:
         return True
 
     def _accepted(self, archive: Archive, receipt: Receipt, report: CycleReport) -> None:
-        self.journal.append(
-            {
-                "event": "sent",
-                "archive_id": archive.archive_id,
-                "request_id": receipt.request_id,
-                "status": receipt.status,
-                "size": archive.size,
-                "records": archive.record_count,
-                "sha256": archive.sha256,
-                "time": _rfc3339(self._wall_clock()),
-            }
-        )
+        try:
+            self.journal.append(
+                {
+                    "event": "sent",
+                    "archive_id": archive.archive_id,
+                    "request_id": receipt.request_id,
+                    "status": receipt.status,
+                    "size": archive.size,
+                    "records": archive.record_count,
+                    "sha256": archive.sha256,
+                    "time": _rfc3339(self._wall_clock()),
+                }
+            )
+        except OSError as exc:
+            # Typically a full state volume. The receipt only guards the moment between
+            # here and the cleanup; stopping now would send this archive again every cycle
+            # and never free the space it holds.
+            log.error(
+                "archive %s was accepted but its receipt could not be journaled (%s); "
+                "cleaning it up all the same",
+                archive.archive_id,
+                exc,
+            )
         log.debug(
             "archive %s accepted: status %d, request id %s",
             archive.archive_id,

@@ -6,6 +6,7 @@ to do on each call stands for the receiver's answers.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import threading
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -674,3 +675,25 @@ def _no_stray_threads() -> Iterator[None]:
     before = threading.active_count()
     yield
     assert threading.active_count() <= before + 1
+
+
+class JournalOnAFullDisk(Journal):
+    """A journal whose volume is full: every receipt fails to be written."""
+
+    def append(self, entry: Mapping[str, Any]) -> None:
+        if entry.get("event") == "sent":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().append(entry)
+
+
+def test_a_receipt_that_cannot_be_journaled_still_frees_the_outbox(world: World) -> None:
+    """Otherwise the accepted archive is sent again every cycle and its space never freed."""
+    originals = fill(world, 6)
+    exporter = ScriptedExporter()
+    for _ in range(3):
+        collector = world.collector(exporter)
+        collector.journal = JournalOnAFullDisk(collector.journal.path)
+        collector.run_cycle()
+    assert exporter.calls == 1
+    assert exporter.records() == originals
+    assert world.ready() == [] and world.on_disk() == {}
