@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +21,33 @@ import requests
 import yaml
 
 from lightspeed_collector.config import Config, build_config
+
+NOBODY = 65534
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that runs as a user to whom permission bits apply: none needed for
+    anyone but root, to whom they do not; root drops to nobody with setpriv."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root, and setpriv is not there to run as another user")
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder another user can reach (pytest's own is private to the user running it)."""
+    folder = Path(tempfile.mkdtemp(prefix="lightspeed-shared-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        for directory, subdirectories, _ in os.walk(folder):
+            for name in subdirectories:
+                os.chmod(os.path.join(directory, name), 0o755)
+        shutil.rmtree(folder)
 
 
 def base_settings(root: Path) -> dict[str, Any]:

@@ -79,6 +79,10 @@ def _padded(size: int) -> int:
 class ShortRead(Exception):
     """A record file ended before the size it had when it was opened."""
 
+    def __init__(self, member: str, missing: int) -> None:
+        super().__init__(f"{member} ended {missing} bytes early")
+        self.member = member
+
 
 class _GzipWriter:
     """A single-member gzip stream onto ``raw``, compressed on a worker thread.
@@ -441,7 +445,7 @@ class ArchiveWriter:
         while remaining:
             chunk = read(min(remaining, _READ_CHUNK))
             if not chunk:
-                raise ShortRead(f"{name} ended {remaining} bytes early")
+                raise ShortRead(name, remaining)
             digest.update(chunk)
             self._gzip.write(chunk)
             remaining -= len(chunk)

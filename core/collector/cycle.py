@@ -27,8 +27,9 @@ import os
 import random
 import secrets
 import time
+from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,7 @@ from . import fsutil
 from .archive import (
     ArchiveWriter,
     BuiltArchive,
+    ShortRead,
     archive_members,
     manifest_entries,
     manifest_names,
@@ -293,6 +295,7 @@ class Collector:
                     else:
                         differing += 1
                 remover.finish()
+            _report_kept(archive_id, remover)
             self.outbox.release(archive_id)
             log.debug(
                 "recovered archive %s: %d source files removed after an interruption",
@@ -320,13 +323,22 @@ class Collector:
     def _pack(self, report: CycleReport) -> None:
         settings = self.settings
         roots = [storage.root for storage in settings.storages]
-        files = scan(settings.storages, exclude=[str(settings.state_dir), *roots])
+        changing: set[str] = set()
+
+        def records() -> Iterator[SourceFile]:
+            found = scan(settings.storages, exclude=[str(settings.state_dir), *roots])
+            return (source for source in found if source.member not in changing)
+
+        files = records()
         carried: SourceFile | None = None
         exhausted = False
         found = 0
         while not exhausted and not self.stop.expired():
             writer: ArchiveWriter | None = None
             first: SourceFile | None = None
+            # Each packed file's identity, in packing order (the manifest's), two numbers
+            # per record: the commit removes only files that still have it.
+            identities = array("Q")
             try:
                 while True:
                     source = carried if carried is not None else next(files, None)
@@ -353,6 +365,7 @@ class Collector:
                             opened.mtime,
                             functools.partial(os.read, opened.fd),
                         )
+                        identities.extend(opened.identity)
                     finally:
                         os.close(opened.fd)
                     found += 1
@@ -362,6 +375,19 @@ class Collector:
                 if writer is None:
                     break
                 built = writer.finish()
+            except ShortRead as exc:
+                # A record shrank while it was read (something rewrote it in place). What
+                # is in this archive so far is still on disk: start again without it.
+                assert writer is not None
+                writer.abort()
+                changing.add(exc.member)
+                log.warning(
+                    "record %s changed while it was being packed; it is left for the next "
+                    "cycle and the archive is built again without it",
+                    exc.member,
+                )
+                files, carried = records(), None
+                continue
             except BaseException:
                 if writer is not None:
                     writer.abort()
@@ -371,7 +397,7 @@ class Collector:
                 writer.abort()
                 self._quarantine_record(first, built.size, report, compressed=True)
                 continue
-            self._commit(built, report)
+            self._commit(built, identities, report)
         log.debug("scan finished: %d records packed this cycle", found)
 
     def _new_writer(self) -> ArchiveWriter:
@@ -386,7 +412,7 @@ class Collector:
             mtime=int(now.timestamp()),
         )
 
-    def _commit(self, built: BuiltArchive, report: CycleReport) -> None:
+    def _commit(self, built: BuiltArchive, identities: array[int], report: CycleReport) -> None:
         self.outbox.commit(built.archive_id)
         log.debug(
             "archive %s built: %d bytes, %d members (%s)",
@@ -396,13 +422,17 @@ class Collector:
             ", ".join(f"{count} {folder}" for folder, count in sorted(built.counts.items())),
         )
         manifest = self.outbox.manifest(self.outbox.new, built.archive_id)
+        pairs = iter(identities)
         with SourceRemover(self.settings.storages) as remover:
             remover.remove_all(
-                path
-                for name in manifest_names(manifest)
+                (path, (inode, mtime_ns))
+                for name, inode, mtime_ns in zip(
+                    manifest_names(manifest), pairs, pairs, strict=True
+                )
                 if (path := source_path(self.settings.storages, name)) is not None
             )
             remover.finish()
+        _report_kept(built.archive_id, remover)
         self.outbox.release(built.archive_id)
         log.debug(
             "archive %s: %d source files removed, %d empty folders pruned",
@@ -716,6 +746,21 @@ class Collector:
         )
         report.archives_split += 1
         return ids
+
+
+def _report_kept(archive_id: str, remover: SourceRemover) -> None:
+    """Files an archive holds that stay in the storage: each will go out with a later cycle,
+    as it now is, so an operator should know why it stayed."""
+    if remover.kept_count:
+        shown = "; ".join(f"{path} ({why})" for path, why in remover.kept)
+        more = remover.kept_count - len(remover.kept)
+        log.warning(
+            "archive %s: %d source files were kept in the storage: %s%s",
+            archive_id,
+            remover.kept_count,
+            shown,
+            f"; and {more} more" if more else "",
+        )
 
 
 def _describe(problem: ExportFailed) -> str:

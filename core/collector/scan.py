@@ -10,6 +10,7 @@ folders on the way down, never for the list of files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -22,6 +23,8 @@ from . import fsutil
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
+
+log = logging.getLogger("lightspeed_collector.collector")
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -46,6 +49,11 @@ class Storage:
 
     folder: str
     root: str
+
+
+FileIdentity = tuple[int, int]
+"""A file's inode and modification time in nanoseconds: a file renamed over it, or written
+to, no longer has the identity it had when it was packed."""
 
 
 # SourceFile and OpenedFile are built once per record on the packing path; not frozen,
@@ -82,6 +90,9 @@ def _walk(
     while stack:
         directory, member_dir = stack.pop()
         seen_any = False
+        # A record that could be sent but not removed would be sent again every cycle.
+        removable = os.access(directory, os.W_OK | os.X_OK)
+        held_back = 0
         try:
             entries = os.scandir(directory)
         except OSError:
@@ -98,9 +109,19 @@ def _walk(
                         and not entry.name.startswith(".")
                         and entry.is_file(follow_symlinks=False)
                     ):
-                        yield SourceFile(storage, entry.path, f"{member_dir}/{entry.name}")
+                        if removable:
+                            yield SourceFile(storage, entry.path, f"{member_dir}/{entry.name}")
+                        else:
+                            held_back += 1
                 except OSError:
                     continue
+        if held_back:
+            log.warning(
+                "%d records in %s are not exported: this process may not remove files there, "
+                "so each would be sent again every cycle; give it write access to the folder",
+                held_back,
+                directory,
+            )
         if not seen_any and directory != storage.root:
             _prune_if_stale(directory, wall_clock())
 
@@ -118,6 +139,7 @@ class OpenedFile:
     fd: int
     size: int
     mtime: int
+    identity: FileIdentity
 
 
 def open_source(source: SourceFile) -> OpenedFile | None:
@@ -134,7 +156,7 @@ def open_source(source: SourceFile) -> OpenedFile | None:
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         return None
-    return OpenedFile(fd, info.st_size, int(info.st_mtime))
+    return OpenedFile(fd, info.st_size, int(info.st_mtime), (info.st_ino, info.st_mtime_ns))
 
 
 def source_path(storages: Sequence[Storage], member: str) -> str | None:
@@ -190,6 +212,9 @@ class SourceRemover:
         self._touched: set[str] = set()
         self.removed = 0
         self.pruned = 0
+        self.kept: list[tuple[str, str]] = []
+        """The first few files kept, each with why; ``kept_count`` counts them all."""
+        self.kept_count = 0
 
     def __enter__(self) -> SourceRemover:
         return self
@@ -200,10 +225,13 @@ class SourceRemover:
             self._pool = None
 
     def remove(self, path: str) -> None:
-        self._absorb(self._unlink_batch([path]))
+        """Remove a file already proven to be what was archived (by its digest)."""
+        self._absorb(self._unlink_batch([(path, None)]))
 
-    def remove_all(self, paths: Iterable[str]) -> None:
-        batches = _batched(paths, _REMOVE_BATCH)
+    def remove_all(self, files: Iterable[tuple[str, FileIdentity | None]]) -> None:
+        """Remove each file that still has the identity it had when it was packed; one that
+        was replaced or written to since holds something no archive has, and is kept."""
+        batches = _batched(files, _REMOVE_BATCH)
         first = next(batches, None)
         if first is None:
             return
@@ -211,9 +239,7 @@ class SourceRemover:
             self._absorb(self._unlink_batch(first))
             return
         pool = self._threads()
-        in_flight: deque[Future[tuple[int, int, set[str]]]] = deque(
-            [pool.submit(self._unlink_batch, first)]
-        )
+        in_flight: deque[Future[_BatchResult]] = deque([pool.submit(self._unlink_batch, first)])
         for batch in batches:
             in_flight.append(pool.submit(self._unlink_batch, batch))
             if len(in_flight) > 2 * self._workers:
@@ -221,11 +247,13 @@ class SourceRemover:
         while in_flight:
             self._absorb(in_flight.popleft().result())
 
-    def _absorb(self, result: tuple[int, int, set[str]]) -> None:
-        removed, pruned, survivors = result
+    def _absorb(self, result: _BatchResult) -> None:
+        removed, pruned, survivors, kept = result
         self.removed += removed
         self.pruned += pruned
         self._touched.update(survivors)
+        self.kept_count += len(kept)
+        self.kept.extend(kept[: _KEPT_EXAMPLES - len(self.kept)])
         if len(self._touched) >= _MAX_TOUCHED:
             # Bounded memory however many conversations an archive spans. A folder pruned
             # or flushed now and touched again later is simply handled again.
@@ -248,20 +276,29 @@ class SourceRemover:
         for _ in self._map(fsutil.fsync_existing_dir, sorted(to_flush)):
             pass
 
-    def _unlink_batch(self, paths: list[str]) -> tuple[int, int, set[str]]:
-        """Remove ``paths``, then the folders that left empty; answer how many files and
-        folders went, and the folders that remain to be flushed."""
+    def _unlink_batch(self, files: list[tuple[str, FileIdentity | None]]) -> _BatchResult:
+        """Remove ``files``, then the folders that left empty; answer how many files and
+        folders went, the folders that remain to be flushed, and the files kept."""
         removed = 0
         folders: set[str] = set()
-        for path in paths:
+        kept: list[tuple[str, str]] = []
+        for path, identity in files:
             folders.add(os.path.dirname(path))
             try:
+                if identity is not None:
+                    info = os.lstat(path)
+                    if (info.st_ino, info.st_mtime_ns) != identity:
+                        kept.append((path, "it changed after it was packed"))
+                        continue
                 os.unlink(path)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                kept.append((path, exc.strerror or str(exc)))
+                continue
             removed += 1
         pruned, survivors = self._prune(folders)
-        return removed, pruned, survivors
+        return removed, pruned, survivors, kept
 
     def _prune(self, directories: Iterable[str]) -> tuple[int, set[str]]:
         """Remove whichever of ``directories`` (and their parents) are empty, deepest first,
@@ -310,10 +347,12 @@ class SourceRemover:
 
 _REMOVE_BATCH = 256
 _MAX_TOUCHED = 1024
+_KEPT_EXAMPLES = 5
+_BatchResult = tuple[int, int, set[str], list[tuple[str, str]]]
 
 
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    batch: list[_T] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:

@@ -24,7 +24,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import RunningServer, start_server
+from tests.conftest import NOBODY, RunningServer, start_server, unprivileged
 from tests.export_support import (
     Stub,
     account,
@@ -477,6 +477,44 @@ def test_collectors_with_separate_state_folders_still_exclude_each_other(
 
 
 # -- logs, imports, configuration ------------------------------------------------------------
+
+
+def test_records_the_exporter_may_not_remove_are_held_back_not_sent_every_cycle(
+    recorded: Path, shared_tmp: Path, stubs: Callable[..., Stub]
+) -> None:
+    """Sent but impossible to remove, a record would go out again with every cycle; and a
+    failed removal must not wedge the exporter for every other record."""
+    data = shared_tmp / "data"
+    copy_storage(recorded, data)
+    originals = storage_records(data)
+    held_folder = next((data / "transcripts").iterdir())
+    held = {name: body for name, body in originals.items() if held_folder.name in name}
+    stub = stubs()
+    config = write_export_config(shared_tmp, data, stub.url)
+    prefix = unprivileged()
+    if prefix:  # root: everything belongs to the unprivileged user but the held folder
+        for path in [shared_tmp / "state", *data.rglob("*"), data]:
+            if not path.exists():
+                path.mkdir(mode=0o700)
+            os.chown(path, NOBODY, NOBODY)
+        for path in [held_folder, *held_folder.rglob("*")]:
+            os.chown(path, 0, 0)
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    else:
+        for path in [held_folder, *held_folder.iterdir()]:
+            path.chmod(0o555)
+
+    for _ in range(2):
+        result = subprocess.run(
+            [*prefix, *export_command(config, "--once")], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert "are not exported: this process may not remove files there" in result.stderr
+
+    sent = [archive_records(Path(upload["stored_as"]))[0] for upload in stub.uploads()]
+    assert len(sent) == 1
+    assert sent[0] == {name: body for name, body in originals.items() if name not in held}
+    assert storage_records(data) == held
 
 
 def test_logs_show_each_step_but_never_a_token_or_record_content(

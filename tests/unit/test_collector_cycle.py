@@ -23,11 +23,17 @@ from typing import Any
 
 import pytest
 
+from lightspeed_collector.collector import cycle as cycle_module
 from lightspeed_collector.collector.backoff import StopSignal
 from lightspeed_collector.collector.cycle import Collector, CollectorSettings
 from lightspeed_collector.collector.journal import Journal
 from lightspeed_collector.collector.lock import CollectorLock
-from lightspeed_collector.collector.scan import STALE_EMPTY_DIR_SECONDS, Storage
+from lightspeed_collector.collector.scan import (
+    STALE_EMPTY_DIR_SECONDS,
+    OpenedFile,
+    SourceFile,
+    Storage,
+)
 from lightspeed_collector.types import (
     Archive,
     ArchiveTooLarge,
@@ -130,7 +136,9 @@ class World:
         )
         return replace(base, **overrides)
 
-    def collector(self, exporter: ScriptedExporter, **overrides: Any) -> Collector:
+    def collector(
+        self, exporter: ScriptedExporter, progress: Any = None, **overrides: Any
+    ) -> Collector:
         stop = StopSignal(self.clock)
         return Collector(
             self.settings(**overrides),
@@ -139,6 +147,7 @@ class World:
             clock=self.clock,
             sleep=self.clock.sleep,
             wall_clock=lambda: datetime(2024, 1, 1, tzinfo=UTC),
+            progress=progress,
         )
 
     def feedback_record(self, content: bytes | None = None) -> str:
@@ -697,3 +706,67 @@ def test_a_receipt_that_cannot_be_journaled_still_frees_the_outbox(world: World)
     assert exporter.calls == 1
     assert exporter.records() == originals
     assert world.ready() == [] and world.on_disk() == {}
+
+
+class ReplaceAfterPacking:
+    """A progress display that, once the first record is packed, does what an operator or
+    another program might: puts new content under that record's name."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.replaced: Path | None = None
+
+    def packed(self, records: int, size: int) -> None:
+        if self.replaced is None:
+            [first, *_] = sorted(self.world.feedback.glob("*.json"))
+            write_finished(first, b'{"newer": true}\n')
+            self.replaced = first
+
+    def uploaded(self, done: int, total: int) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
+
+
+def test_a_record_replaced_while_its_archive_is_built_is_kept_for_the_next_cycle(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        world.feedback_record()
+    progress = ReplaceAfterPacking(world)
+    exporter = ScriptedExporter()
+    world.collector(exporter, progress=progress).run_cycle()
+
+    assert progress.replaced is not None and progress.replaced.exists()
+    assert "1 source files were kept in the storage" in caplog.text
+    assert "it changed after it was packed" in caplog.text
+    world.collector(exporter).run_cycle()
+    name = f"feedback/{progress.replaced.name}"
+    assert [members[name] for _, members in exporter.received if name in members][-1] == (
+        b'{"newer": true}\n'
+    )
+    assert world.on_disk() == {}
+
+
+def test_a_record_that_shrinks_while_read_is_left_and_the_rest_still_go(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    originals = fill(world, 9)
+    victim = sorted(originals)[4]
+    real_open = cycle_module.open_source
+
+    def open_then_truncate(source: SourceFile) -> OpenedFile | None:
+        opened = real_open(source)
+        if source.member == victim and opened is not None:
+            os.truncate(source.path, 3)  # after the size was taken, before it is read
+        return opened
+
+    monkeypatch.setattr(cycle_module, "open_source", open_then_truncate)
+    exporter = ScriptedExporter()
+    report = world.collector(exporter).run_cycle()
+
+    assert f"record {victim} changed while it was being packed" in caplog.text
+    assert report.archives_sent == 1
+    assert exporter.records() == {k: v for k, v in originals.items() if k != victim}
+    assert list(world.on_disk()) == [victim]

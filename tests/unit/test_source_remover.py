@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lightspeed_collector.collector import scan
-from lightspeed_collector.collector.scan import SourceRemover, Storage
+from lightspeed_collector.collector.scan import FileIdentity, SourceRemover, Storage
 
 
 @pytest.fixture
@@ -51,6 +51,11 @@ def make_records(root: Path, users: int, conversations: int, per_conversation: i
     return paths
 
 
+def packed(paths: list[str]) -> list[tuple[str, FileIdentity]]:
+    """Each path with its identity now, as packing records it."""
+    return [(path, (os.lstat(path).st_ino, os.lstat(path).st_mtime_ns)) for path in paths]
+
+
 def everything_below(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
@@ -65,7 +70,7 @@ def test_a_large_removal_prunes_every_emptied_folder_and_flushes_the_roots(
     assert len(paths) > 2 * scan._REMOVE_BATCH
 
     with SourceRemover(roots, workers=4) as remover:
-        remover.remove_all(iter(paths))
+        remover.remove_all(packed(paths))
         remover.finish()
 
     assert everything_below(tmp_path) == ["feedback", "transcripts"]
@@ -83,7 +88,7 @@ def test_busy_folders_and_their_parents_stay_and_are_flushed(
     (busy / ".in-flight.tmp").write_bytes(b"the sink is writing this")
 
     with SourceRemover(roots, workers=4) as remover:
-        remover.remove_all(iter(paths))
+        remover.remove_all(packed(paths))
         remover.finish()
 
     assert everything_below(tmp_path) == [
@@ -101,11 +106,35 @@ def test_busy_folders_and_their_parents_stay_and_are_flushed(
 def test_files_already_gone_are_not_counted(tmp_path: Path, flushed: list[str]) -> None:
     roots = storages(tmp_path)
     paths = make_records(tmp_path, users=1, conversations=2, per_conversation=3)
+    files = packed(paths)
     os.unlink(paths[0])
 
     with SourceRemover(roots) as remover:
-        remover.remove_all(iter(paths))
+        remover.remove_all(files)
         remover.finish()
 
     assert remover.removed == len(paths) - 1
     assert everything_below(tmp_path) == ["feedback", "transcripts"]
+
+
+def test_a_file_replaced_or_rewritten_since_it_was_packed_is_kept(
+    tmp_path: Path, flushed: list[str]
+) -> None:
+    roots = storages(tmp_path)
+    paths = make_records(tmp_path, users=1, conversations=1, per_conversation=3)
+    files = packed(paths)
+    replacement = Path(paths[0]).with_name(".new.tmp")
+    replacement.write_bytes(b'{"newer": true}')
+    replacement.rename(paths[0])
+    with open(paths[1], "ab") as rewritten:
+        rewritten.write(b"\n")
+    os.utime(paths[1], ns=(0, files[1][1][1] + 1))
+
+    with SourceRemover(roots) as remover:
+        remover.remove_all(files)
+        remover.finish()
+
+    assert remover.removed == len(paths) - 2
+    assert remover.kept_count == 2
+    assert {path for path, _ in remover.kept} == {paths[0], paths[1]}
+    assert Path(paths[0]).read_bytes() == b'{"newer": true}'

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -22,6 +20,7 @@ from lightspeed_collector.validate_files import (
     detect_kind,
     json_path,
 )
+from tests.conftest import unprivileged
 
 
 def test_json_paths_read_like_jsonpath() -> None:
@@ -64,7 +63,6 @@ def test_collect_keeps_order_drops_duplicates_and_refuses_missing_paths(tmp_path
 
 
 SCRIPT = Path(sys.executable).parent / "lightspeed-collector"
-NOBODY = 65534
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -79,31 +77,6 @@ def validate(
         cwd=cwd,
         env={**os.environ, "CI": "true"},
     )
-
-
-def unprivileged() -> list[str]:
-    """A command prefix that runs as a user to whom permission bits apply: none needed for
-    anyone but root, who reads everything; root drops to nobody with setpriv."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root, and setpriv is not there to run as another user")
-    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A folder another user can reach (pytest's own is private to the user running it)."""
-    folder = Path(tempfile.mkdtemp(prefix="validate-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        for directory, subdirectories, _ in os.walk(folder):
-            for name in subdirectories:
-                os.chmod(os.path.join(directory, name), 0o755)
-        shutil.rmtree(folder)
 
 
 def test_a_folder_that_cannot_be_read_is_a_problem_not_skipped(shared_tmp: Path) -> None:
