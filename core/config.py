@@ -234,6 +234,7 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         if collection[f"{kind}_storage"] is not None:
             _check_directory(f"user_data_collection.{kind}_storage", collection[f"{kind}_storage"])
     _check_directory("service.state_dir", data["service"]["state_dir"])
+    _check_distinct_folders(data)
     # Secrets are read again where they are used (so files can rotate); reading them once
     # here makes a missing file or variable a start-up error instead of a 2 a.m. one.
     resolve_secret(collection, "user_id_salt", "user_data_collection")
@@ -411,6 +412,25 @@ def make_state_dir(config: Config) -> Path:
     except OSError as exc:
         raise ConfigError("service.state_dir", f"cannot create {path}: {exc.strerror}") from None
     return path
+
+
+def _check_distinct_folders(data: Mapping[str, Any]) -> None:
+    """The storages and the state folder must be three folders: the collector would pack its
+    own outbox as records, or one storage's records twice, were two of them the same."""
+    collection = data["user_data_collection"]
+    folders = {
+        "service.state_dir": data["service"]["state_dir"],
+        "user_data_collection.feedback_storage": collection["feedback_storage"],
+        "user_data_collection.transcripts_storage": collection["transcripts_storage"],
+    }
+    seen: dict[str, str] = {}
+    for key, value in folders.items():
+        if value is None:
+            continue
+        resolved = os.path.realpath(value)
+        if resolved in seen:
+            raise ConfigError(key, f"{value} is the same folder as {seen[resolved]}")
+        seen[resolved] = key
 
 
 def _check_directory(key: str, value: str) -> None:

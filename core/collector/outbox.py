@@ -109,6 +109,12 @@ class Outbox:
         return target
 
     def quarantine_record(self, source: str, member: str) -> Path:
-        target = self.quarantine.joinpath("records", *member.split("/"))
+        """Move a record into quarantine under its member name, or next to an earlier one
+        of the same name (``<name>.1.json``, ...): a quarantined record is never replaced."""
+        first = self.quarantine.joinpath("records", *member.split("/"))
+        target, copy = first, 0
+        while target.exists():
+            copy += 1
+            target = first.with_name(f"{first.stem}.{copy}{first.suffix}")
         fsutil.move_file(Path(source), target)
         return target

@@ -710,17 +710,17 @@ def test_a_receipt_that_cannot_be_journaled_still_frees_the_outbox(world: World)
 
 class ReplaceAfterPacking:
     """A progress display that, once the first record is packed, does what an operator or
-    another program might: puts new content under that record's name."""
+    another program might: puts new content under every record's name."""
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.replaced: Path | None = None
+        self.replaced = False
 
     def packed(self, records: int, size: int) -> None:
-        if self.replaced is None:
-            [first, *_] = sorted(self.world.feedback.glob("*.json"))
-            write_finished(first, b'{"newer": true}\n')
-            self.replaced = first
+        if not self.replaced:
+            for path in self.world.feedback.glob("*.json"):
+                write_finished(path, b'{"newer": true}\n')
+            self.replaced = True
 
     def uploaded(self, done: int, total: int) -> None:
         pass
@@ -734,18 +734,18 @@ def test_a_record_replaced_while_its_archive_is_built_is_kept_for_the_next_cycle
 ) -> None:
     for _ in range(3):
         world.feedback_record()
-    progress = ReplaceAfterPacking(world)
     exporter = ScriptedExporter()
-    world.collector(exporter, progress=progress).run_cycle()
+    world.collector(exporter, progress=ReplaceAfterPacking(world)).run_cycle()
 
-    assert progress.replaced is not None and progress.replaced.exists()
+    # The first record was packed before it was replaced: its new content is not in the
+    # archive, so it stays. The other two were packed as replaced, and went.
+    [(kept, content)] = world.on_disk().items()
+    assert content == b'{"newer": true}\n'
     assert "1 source files were kept in the storage" in caplog.text
     assert "it changed after it was packed" in caplog.text
+    assert exporter.records()[kept] != content
     world.collector(exporter).run_cycle()
-    name = f"feedback/{progress.replaced.name}"
-    assert [members[name] for _, members in exporter.received if name in members][-1] == (
-        b'{"newer": true}\n'
-    )
+    assert exporter.received[-1][1] == {kept: content}
     assert world.on_disk() == {}
 
 
@@ -770,3 +770,16 @@ def test_a_record_that_shrinks_while_read_is_left_and_the_rest_still_go(
     assert report.archives_sent == 1
     assert exporter.records() == {k: v for k, v in originals.items() if k != victim}
     assert list(world.on_disk()) == [victim]
+
+
+def test_a_second_oversized_record_of_the_same_name_never_replaces_the_first(
+    world: World,
+) -> None:
+    name = world.feedback_record(b"1" * 5000)
+    world.collector(ScriptedExporter(), max_archive_bytes=4096).run_cycle()
+    write_finished(world.feedback / name.partition("/")[2], b"2" * 5000)
+    world.collector(ScriptedExporter(), max_archive_bytes=4096).run_cycle()
+    quarantined = world.state / "quarantine" / "records" / "feedback"
+    kept = {path.name: path.read_bytes()[:1] for path in quarantined.iterdir()}
+    stem = name.partition("/")[2].removesuffix(".json")
+    assert kept == {f"{stem}.json": b"1", f"{stem}.1.json": b"2"}

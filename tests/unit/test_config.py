@@ -644,3 +644,24 @@ def test_a_trailing_line_break_does_not_pass_a_pattern(
 ) -> None:
     with pytest.raises(ConfigError, match=f"data_collector.{key}: "):
         make_config({"user_data_collection": {"data_collector": {key: value}}})
+
+
+@pytest.mark.parametrize(
+    ("same", "key"),
+    [
+        (("service", "state_dir"), "user_data_collection.feedback_storage"),
+        (
+            ("user_data_collection", "transcripts_storage"),
+            "user_data_collection.transcripts_storage",
+        ),
+    ],
+)
+def test_the_state_folder_and_the_storages_are_distinct(
+    make_config: Callable[..., Config], tmp_path: Path, same: tuple[str, str], key: str
+) -> None:
+    folder = str(tmp_path / "shared")
+    section, name = same
+    extra = {"user_data_collection": {"feedback_storage": folder}}
+    extra.setdefault(section, {})[name] = folder
+    with pytest.raises(ConfigError, match=f"{key}: {folder} is the same folder as"):
+        make_config(extra)
