@@ -73,7 +73,17 @@ class ValidationFailed(CollectorError):
 
     def __init__(self, errors: Sequence[FieldError], *, response: str | None = None) -> None:
         self.errors = list(errors)
-        super().__init__("; ".join(e.msg for e in self.errors), response=response)
+        super().__init__("; ".join(map(_named, self.errors)), response=response)
+
+
+def _named(error: FieldError) -> str:
+    """The message with the field it is about, unless it names it already: in ``cause`` the
+    messages stand without their ``loc`` ("Field required" of which field?)."""
+    path = [str(part) for part in error.loc[1:]] if error.loc[:1] == ("body",) else []
+    path = path or [str(part) for part in error.loc]
+    if not path or f"'{path[-1]}'" in error.msg or f"'{'.'.join(path)}'" in error.msg:
+        return error.msg
+    return f"{'.'.join(path)}: {error.msg}"
 
 
 class RateLimited(CollectorError):

@@ -604,3 +604,19 @@ def test_readiness_fails_when_storage_is_not_writable(server: RunningServer) -> 
     assert response.status_code == 503
     assert response.json()["ready"] is False
     assert "filesystem" in response.json()["reason"]
+
+
+def test_each_message_in_the_cause_names_its_field(server: RunningServer) -> None:
+    conversation_id = ask(server).json()["conversation_id"]
+    missing = feedback_body(conversation_id)
+    del missing["user_question"]
+    detail = assert_error(requests.post(f"{server.url}/v1/feedback", json=missing, timeout=10), 422)
+    assert detail["cause"] == "user_question: Field required"
+    detail = assert_error(ask(server, {"query": "hi", "conversation_id": 5}), 422)
+    assert detail["cause"].startswith("conversation_id: ")
+    detail = assert_error(ask(server, {"query": "hi", "colour": "blue"}), 422)
+    assert detail["cause"] == "Unknown field 'colour'"
+    detail = assert_error(
+        ask(server, {"query": "hi", "attachments": [{"attachment_type": "log"}]}), 422
+    )
+    assert "attachments.0.content: Field required" in detail["cause"]
