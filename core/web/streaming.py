@@ -24,6 +24,7 @@ import falcon
 from ..errors import CollectorError, StorageFailed
 from ..queries import StreamedQuery
 from ..types import Answer
+from .middleware import current_request_id
 from .resources import Endpoint
 
 log = logging.getLogger(__name__)
@@ -49,22 +50,33 @@ class AnswerEvents:
     """The response body: an iterator of encoded events that waitress writes one by one.
 
     A class rather than a bare generator so that ``close()`` always settles the transcript,
-    even when the server closes the body before asking for its first event.
+    even when the server closes the body before asking for its first event. The server
+    iterates it after the request's own handling has ended, so each step puts the request id
+    back for the log lines it writes.
     """
 
     def __init__(self, answer: StreamedQuery, plain: bool) -> None:
         self._answer = answer
         self._events = _plain_text(answer) if plain else _server_sent_events(answer)
+        self._request_id = current_request_id.get()
 
     def __iter__(self) -> AnswerEvents:
         return self
 
     def __next__(self) -> bytes:
-        return next(self._events)
+        token = current_request_id.set(self._request_id)
+        try:
+            return next(self._events)
+        finally:
+            current_request_id.reset(token)
 
     def close(self) -> None:
-        self._events.close()
-        self._answer.close()
+        token = current_request_id.set(self._request_id)
+        try:
+            self._events.close()
+            self._answer.close()
+        finally:
+            current_request_id.reset(token)
 
 
 def _server_sent_events(answer: StreamedQuery) -> Generator[bytes, None, None]:

@@ -285,3 +285,6 @@ def test_storage_full_at_the_end_of_a_stream_is_an_error_event(
     assert full["event"] == "error"
     assert full["data"]["response"] == "Storage is full"
     assert "Traceback" not in server.log()
+    # Written while the body streams, after the request's own handling: still tagged.
+    lines = [x for x in server.log().splitlines() if "streamed answer ended with an error" in x]
+    assert lines and all("[request " in line for line in lines)
