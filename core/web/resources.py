@@ -23,7 +23,7 @@ class Endpoint:
         self.max_bytes: int = service.config.section("service")["max_request_bytes"]
 
     def identify(self, req: falcon.Request) -> Identity:
-        headers = {name.lower(): value for name, value in req.headers.items()}
+        headers = {name.lower(): _header_text(value) for name, value in req.headers.items()}
         params = {k: v if isinstance(v, str) else v[-1] for k, v in req.params.items()}
         request = AuthRequest(method=req.method, path=req.path, headers=headers, params=params)
         identity = self.service.authenticator.authenticate(request)
@@ -125,3 +125,18 @@ class OpenAPIResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._body
+
+
+def _header_text(value: str) -> str:
+    """A header value as the text the client meant.
+
+    WSGI hands header bytes over decoded as Latin-1, while clients (curl, requests given
+    bytes) send non-ASCII text as UTF-8; read that way, a key or token holding ``é`` would
+    never match the one configured. Values that are not UTF-8 stay as they came.
+    """
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value

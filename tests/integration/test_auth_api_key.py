@@ -302,3 +302,27 @@ def test_a_keys_file_broken_while_serving_is_logged_without_its_keys(
     assert "is not valid YAML or JSON" in log
     assert "keeping the keys loaded before" in log
     assert ALICE_KEY not in log
+
+
+def test_a_non_ascii_key_sent_as_utf8_is_recognised(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    key = "kéy-non-ascii-12345"
+    server = server_factory(
+        {
+            "authentication": {
+                "module": "api-key",
+                "api-key": {
+                    "keys": [
+                        {"key": key, "user_id": "dora"},
+                        {"key_sha256": sha256("ключ-0987654321"), "user_id": "ivan"},
+                    ]
+                },
+            }
+        }
+    )
+    for sent, user in ((key, "dora"), ("ключ-0987654321", "ivan")):
+        # As curl sends it: the header's bytes are the key's UTF-8.
+        answer = ask(server, {"Authorization": f"Bearer {sent}".encode()})  # type: ignore[dict-item]
+        assert answer.status_code == 200, answer.text
+        assert (server.root / "transcripts" / sha256(user)).is_dir()
