@@ -33,6 +33,7 @@ _ERROR_DESCRIPTIONS: Mapping[int, str] = {
     415: "The Content-Type is not JSON.",
     422: "The body breaks its schema; `detail.errors` names each problem.",
     429: "The provider is rate-limiting; see Retry-After.",
+    431: "The request headers are larger than 256 KiB.",
     500: "A record could not be stored for a reason of the server's.",
     502: "The provider failed.",
     504: "The provider timed out.",
@@ -40,7 +41,7 @@ _ERROR_DESCRIPTIONS: Mapping[int, str] = {
 }
 
 # Every route that reads a JSON body can answer these before its own work starts.
-_BODY_ERRORS = (400, 401, 413, 415, 422)
+_BODY_ERRORS = (400, 401, 413, 415, 422, 431)
 _QUERY_ERRORS = (*_BODY_ERRORS, 403, 404, 429, 500, 502, 504, 507)
 _FEEDBACK_ERRORS = (*_BODY_ERRORS, 403, 404, 500, 507)
 
