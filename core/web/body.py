@@ -26,6 +26,14 @@ def read_json(req: falcon.Request, max_bytes: int) -> Any:
             f"Content-Type must be application/json, got {shown}",
             response="Unsupported media type",
         )
+    encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        # Read as is, a compressed body would be "not UTF-8", and a plain one labelled as
+        # compressed would be taken on trust; RFC 9110 answers an unsupported coding 415.
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding} is not supported; send the body uncompressed",
+            response="Unsupported media type",
+        )
     length = req.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(

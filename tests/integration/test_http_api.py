@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import socket
@@ -620,3 +621,15 @@ def test_each_message_in_the_cause_names_its_field(server: RunningServer) -> Non
         ask(server, {"query": "hi", "attachments": [{"attachment_type": "log"}]}), 422
     )
     assert "attachments.0.content: Field required" in detail["cause"]
+
+
+def test_a_compressed_body_is_415_naming_the_coding(server: RunningServer) -> None:
+    body = gzip.compress(json.dumps({"query": "hi"}).encode())
+    for data in (body, json.dumps({"query": "hi"}).encode()):
+        answer = requests.post(
+            f"{server.url}/v1/query",
+            data=data,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            timeout=10,
+        )
+        assert "Content-Encoding gzip is not supported" in assert_error(answer, 415)["cause"]
