@@ -336,9 +336,9 @@ class Collector:
         while not exhausted and not self.stop.expired():
             writer: ArchiveWriter | None = None
             first: SourceFile | None = None
-            # Each packed file's identity, in packing order (the manifest's), two numbers
-            # per record: the commit removes only files that still have it.
-            identities = array("Q")
+            # Each packed file's inode, in packing order (the manifest's): the commit removes
+            # only files that are still the ones packed.
+            inodes = array("Q")
             try:
                 while True:
                     source = carried if carried is not None else next(files, None)
@@ -365,7 +365,7 @@ class Collector:
                             opened.mtime,
                             functools.partial(os.read, opened.fd),
                         )
-                        identities.extend(opened.identity)
+                        inodes.append(opened.inode)
                     finally:
                         os.close(opened.fd)
                     found += 1
@@ -397,7 +397,7 @@ class Collector:
                 writer.abort()
                 self._quarantine_record(first, built.size, report, compressed=True)
                 continue
-            self._commit(built, identities, report)
+            self._commit(built, inodes, report)
         log.debug("scan finished: %d records packed this cycle", found)
 
     def _new_writer(self) -> ArchiveWriter:
@@ -412,7 +412,7 @@ class Collector:
             mtime=int(now.timestamp()),
         )
 
-    def _commit(self, built: BuiltArchive, identities: array[int], report: CycleReport) -> None:
+    def _commit(self, built: BuiltArchive, inodes: array[int], report: CycleReport) -> None:
         self.outbox.commit(built.archive_id)
         log.debug(
             "archive %s built: %d bytes, %d members (%s)",
@@ -422,13 +422,10 @@ class Collector:
             ", ".join(f"{count} {folder}" for folder, count in sorted(built.counts.items())),
         )
         manifest = self.outbox.manifest(self.outbox.new, built.archive_id)
-        pairs = iter(identities)
         with SourceRemover(self.settings.storages) as remover:
             remover.remove_all(
-                (path, (inode, mtime_ns))
-                for name, inode, mtime_ns in zip(
-                    manifest_names(manifest), pairs, pairs, strict=True
-                )
+                (path, inode)
+                for name, inode in zip(manifest_names(manifest), inodes, strict=True)
                 if (path := source_path(self.settings.storages, name)) is not None
             )
             remover.finish()

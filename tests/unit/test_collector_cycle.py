@@ -742,7 +742,7 @@ def test_a_record_replaced_while_its_archive_is_built_is_kept_for_the_next_cycle
     [(kept, content)] = world.on_disk().items()
     assert content == b'{"newer": true}\n'
     assert "1 source files were kept in the storage" in caplog.text
-    assert "it changed after it was packed" in caplog.text
+    assert "it was replaced after it was packed" in caplog.text
     assert exporter.records()[kept] != content
     world.collector(exporter).run_cycle()
     assert exporter.received[-1][1] == {kept: content}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lightspeed_collector.collector import scan
-from lightspeed_collector.collector.scan import FileIdentity, SourceRemover, Storage
+from lightspeed_collector.collector.scan import Inode, SourceRemover, Storage
 
 
 @pytest.fixture
@@ -51,9 +51,9 @@ def make_records(root: Path, users: int, conversations: int, per_conversation: i
     return paths
 
 
-def packed(paths: list[str]) -> list[tuple[str, FileIdentity]]:
-    """Each path with its identity now, as packing records it."""
-    return [(path, (os.lstat(path).st_ino, os.lstat(path).st_mtime_ns)) for path in paths]
+def packed(paths: list[str]) -> list[tuple[str, Inode]]:
+    """Each path with its inode now, as packing records it."""
+    return [(path, os.lstat(path).st_ino) for path in paths]
 
 
 def everything_below(root: Path) -> list[str]:
@@ -117,24 +117,41 @@ def test_files_already_gone_are_not_counted(tmp_path: Path, flushed: list[str]) 
     assert everything_below(tmp_path) == ["feedback", "transcripts"]
 
 
-def test_a_file_replaced_or_rewritten_since_it_was_packed_is_kept(
-    tmp_path: Path, flushed: list[str]
-) -> None:
+def test_a_file_replaced_since_it_was_packed_is_kept(tmp_path: Path, flushed: list[str]) -> None:
     roots = storages(tmp_path)
     paths = make_records(tmp_path, users=1, conversations=1, per_conversation=3)
     files = packed(paths)
     replacement = Path(paths[0]).with_name(".new.tmp")
     replacement.write_bytes(b'{"newer": true}')
     replacement.rename(paths[0])
-    with open(paths[1], "ab") as rewritten:
-        rewritten.write(b"\n")
-    os.utime(paths[1], ns=(0, files[1][1][1] + 1))
 
     with SourceRemover(roots) as remover:
         remover.remove_all(files)
         remover.finish()
 
-    assert remover.removed == len(paths) - 2
-    assert remover.kept_count == 2
-    assert {path for path, _ in remover.kept} == {paths[0], paths[1]}
+    assert remover.removed == len(paths) - 1
+    assert remover.kept == [(paths[0], "it was replaced after it was packed")]
     assert Path(paths[0]).read_bytes() == b'{"newer": true}'
+
+
+def test_a_replaced_file_is_kept_in_a_folder_too_large_to_list(
+    tmp_path: Path, flushed: list[str]
+) -> None:
+    roots = storages(tmp_path)
+    paths = make_records(tmp_path, users=0, conversations=0, per_conversation=300)
+    assert len(paths) > scan._LISTED_GROUP
+    files = packed(paths)
+    replacement = Path(paths[7]).with_name(".new.tmp")
+    replacement.write_bytes(b'{"newer": true}')
+    replacement.rename(paths[7])
+
+    with SourceRemover(roots) as remover:
+        remover.remove_all(files)
+        remover.finish()
+
+    assert remover.kept == [(paths[7], "it was replaced after it was packed")]
+    assert everything_below(tmp_path) == [
+        "feedback",
+        Path(paths[7]).relative_to(tmp_path).as_posix(),
+        "transcripts",
+    ]
