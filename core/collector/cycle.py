@@ -339,6 +339,7 @@ class Collector:
             # Each packed file's inode, in packing order (the manifest's): the commit removes
             # only files that are still the ones packed.
             inodes = array("Q")
+            packed_since_ns = time.time_ns()
             try:
                 while True:
                     source = carried if carried is not None else next(files, None)
@@ -397,7 +398,7 @@ class Collector:
                 writer.abort()
                 self._quarantine_record(first, built.size, report, compressed=True)
                 continue
-            self._commit(built, inodes, report)
+            self._commit(built, inodes, packed_since_ns, report)
         log.debug("scan finished: %d records packed this cycle", found)
 
     def _new_writer(self) -> ArchiveWriter:
@@ -412,7 +413,9 @@ class Collector:
             mtime=int(now.timestamp()),
         )
 
-    def _commit(self, built: BuiltArchive, inodes: array[int], report: CycleReport) -> None:
+    def _commit(
+        self, built: BuiltArchive, inodes: array[int], packed_since_ns: int, report: CycleReport
+    ) -> None:
         self.outbox.commit(built.archive_id)
         log.debug(
             "archive %s built: %d bytes, %d members (%s)",
@@ -422,12 +425,13 @@ class Collector:
             ", ".join(f"{count} {folder}" for folder, count in sorted(built.counts.items())),
         )
         manifest = self.outbox.manifest(self.outbox.new, built.archive_id)
+        packed = (
+            (path, inode)
+            for name, inode in zip(manifest_names(manifest), inodes, strict=True)
+            if (path := source_path(self.settings.storages, name)) is not None
+        )
         with SourceRemover(self.settings.storages) as remover:
-            remover.remove_all(
-                (path, inode)
-                for name, inode in zip(manifest_names(manifest), inodes, strict=True)
-                if (path := source_path(self.settings.storages, name)) is not None
-            )
+            remover.remove_all(packed, packed_since_ns=packed_since_ns)
             remover.finish()
         _report_kept(built.archive_id, remover)
         self.outbox.release(built.archive_id)

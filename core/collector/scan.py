@@ -228,9 +228,18 @@ class SourceRemover:
         """Remove a file already proven to be what was archived (by its digest)."""
         self._absorb(self._unlink_batch([(path, None)]))
 
-    def remove_all(self, files: Iterable[tuple[str, Inode | None]]) -> None:
+    def remove_all(
+        self, files: Iterable[tuple[str, Inode | None]], *, packed_since_ns: int | None = None
+    ) -> None:
         """Remove each file that is still the one that was packed (same inode); one renamed
-        over it since holds something no archive has, and is kept."""
+        over it since holds something no archive has, and is kept.
+
+        With ``packed_since_ns`` (when packing began), a folder nobody has changed since then
+        cannot hold a replaced file, and its files are removed without a look at each: on a
+        disk that discards freed blocks, a ``stat`` per file made removal half as fast.
+        """
+        if packed_since_ns is not None:
+            files = _checks_where_changed(files, packed_since_ns)
         batches = _batched(files, _REMOVE_BATCH)
         first = next(batches, None)
         if first is None:
@@ -278,43 +287,24 @@ class SourceRemover:
 
     def _unlink_batch(self, files: list[tuple[str, Inode | None]]) -> _BatchResult:
         """Remove ``files``, then the folders that left empty; answer how many files and
-        folders went, the folders that remain to be flushed, and the files kept.
-
-        Inodes are checked against one listing per small folder (a conversation's), and by
-        a ``stat`` per file in large ones (the feedback folder): each system call hands the
-        interpreter lock to another removal thread, and on a disk that discards freed blocks
-        a second call per file made removal half as fast. A large folder is not listed, so
-        neither time nor memory grows with its size.
-        """
+        folders went, the folders that remain to be flushed, and the files kept."""
         removed = 0
-        by_folder: dict[str, list[tuple[str, Inode | None]]] = {}
-        for path, inode in files:
-            folder, name = os.path.split(path)
-            by_folder.setdefault(folder, []).append((name, inode))
+        folders: set[str] = set()
         kept: list[tuple[str, str]] = []
-        for folder, entries in by_folder.items():
-            checked = any(i is not None for _, i in entries)
-            small = len(entries) <= _LISTED_GROUP
-            # A folder is listed only for a few of its files, and only while it is small.
-            listed = _inodes(folder, 4 * len(entries) + 16) if checked and small else None
-            for name, inode in entries:
-                path = os.path.join(folder, name)
-                try:
-                    if inode is not None:
-                        found = listed.get(name, 0) if listed is not None else _inode(path)
-                        if found == 0:
-                            continue  # already gone
-                        if found != inode:
-                            kept.append((path, "it was replaced after it was packed"))
-                            continue
-                    os.unlink(path)
-                except FileNotFoundError:
+        for path, inode in files:
+            folders.add(os.path.dirname(path))
+            try:
+                if inode is not None and os.lstat(path).st_ino != inode:
+                    kept.append((path, "it was replaced after it was packed"))
                     continue
-                except OSError as exc:
-                    kept.append((path, exc.strerror or str(exc)))
-                    continue
-                removed += 1
-        pruned, survivors = self._prune(by_folder)
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                kept.append((path, exc.strerror or str(exc)))
+                continue
+            removed += 1
+        pruned, survivors = self._prune(folders)
         return removed, pruned, survivors, kept
 
     def _prune(self, directories: Iterable[str]) -> tuple[int, set[str]]:
@@ -365,35 +355,36 @@ class SourceRemover:
 _REMOVE_BATCH = 256
 _MAX_TOUCHED = 1024
 _KEPT_EXAMPLES = 5
-# More files of one folder in a batch than this are checked one by one, not by listing it.
-_LISTED_GROUP = 32
+_CLOCK_SLACK_NS = 1_000_000_000
 _BatchResult = tuple[int, int, set[str], list[tuple[str, str]]]
 
 
-def _inodes(folder: str, limit: int) -> dict[str, int] | None:
-    """Name → inode of everything in ``folder`` from one listing, or ``None`` when it holds
-    more than ``limit`` entries or cannot be listed (each file is then looked at on its
-    own)."""
-    found: dict[str, int] = {}
+def _checks_where_changed(
+    files: Iterable[tuple[str, Inode | None]], since_ns: int
+) -> Iterator[tuple[str, Inode | None]]:
+    """``files`` with the inode left out wherever the folder has not changed since
+    ``since_ns``: no file can have been renamed over a record there.
+
+    A folder's files come together (the scan lists folder by folder), so one ``stat`` of the
+    folder, taken before any of them is removed, covers them all; a folder met again later
+    is looked at again, and by then our own removals count as a change, which only means its
+    files are checked one by one.
+    """
+    current, changed = "", True
+    for path, inode in files:
+        folder = os.path.dirname(path)
+        if folder != current:
+            current, changed = folder, _changed_since(folder, since_ns)
+        yield path, inode if changed else None
+
+
+def _changed_since(folder: str, since_ns: int) -> bool:
     try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if len(found) == limit:
-                    return None
-                found[entry.name] = entry.inode()
-    except FileNotFoundError:
-        return {}
+        modified = os.stat(folder, follow_symlinks=False).st_mtime_ns
     except OSError:
-        return None
-    return found
-
-
-def _inode(path: str) -> int:
-    """The inode of ``path``, 0 when it is gone."""
-    try:
-        return os.lstat(path).st_ino
-    except FileNotFoundError:
-        return 0
+        return True
+    # File times come from a clock that may trail the one packing read by a few ticks.
+    return modified >= since_ns - _CLOCK_SLACK_NS
 
 
 def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:

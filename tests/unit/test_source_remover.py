@@ -4,6 +4,7 @@ on the removal threads, the roots and busy folders stay, and what remains is flu
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -134,24 +135,22 @@ def test_a_file_replaced_since_it_was_packed_is_kept(tmp_path: Path, flushed: li
     assert Path(paths[0]).read_bytes() == b'{"newer": true}'
 
 
-def test_a_replaced_file_is_kept_in_a_folder_too_large_to_list(
+def test_a_replacement_marks_its_folder_as_changed_since_packing(
     tmp_path: Path, flushed: list[str]
 ) -> None:
     roots = storages(tmp_path)
-    paths = make_records(tmp_path, users=0, conversations=0, per_conversation=300)
-    assert len(paths) > scan._LISTED_GROUP
+    paths = make_records(tmp_path, users=1, conversations=2, per_conversation=300)
+    for folder in {os.path.dirname(path) for path in paths}:
+        os.utime(folder, ns=(0, 0))  # long untouched: its files need no look each
+    packing_began = time.time_ns()
     files = packed(paths)
     replacement = Path(paths[7]).with_name(".new.tmp")
     replacement.write_bytes(b'{"newer": true}')
     replacement.rename(paths[7])
 
     with SourceRemover(roots) as remover:
-        remover.remove_all(files)
+        remover.remove_all(files, packed_since_ns=packing_began)
         remover.finish()
 
     assert remover.kept == [(paths[7], "it was replaced after it was packed")]
-    assert everything_below(tmp_path) == [
-        "feedback",
-        Path(paths[7]).relative_to(tmp_path).as_posix(),
-        "transcripts",
-    ]
+    assert remover.removed == len(paths) - 1
