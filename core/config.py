@@ -293,15 +293,23 @@ def value_at(node: Any, loc: tuple[str | int, ...]) -> Any:
 
 def _secret_texts(loc: tuple[str | int, ...], value: Any) -> Iterator[str]:
     """The text of every secret at or below ``loc``, as a message could quote it."""
+    for path, node in _nodes(loc, value):
+        leaf = not isinstance(node, Mapping | list | bool) and node not in (None, "")
+        if leaf and _holds_secret(path):
+            yield str(node)
+
+
+def _nodes(loc: tuple[str | int, ...], value: Any) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """Every value at or below ``loc`` with its path, without recursion (a configuration's
+    depth is the file's to choose)."""
     stack: list[tuple[tuple[str | int, ...], Any]] = [(loc, value)]
     while stack:
         path, node = stack.pop()
+        yield path, node
         if isinstance(node, Mapping):
             stack.extend(((*path, str(key)), item) for key, item in node.items())
         elif isinstance(node, list):
             stack.extend(((*path, index), item) for index, item in enumerate(node))
-        elif node not in (None, "") and not isinstance(node, bool) and _holds_secret(path):
-            yield str(node)
 
 
 # How jsonschema words a rule after quoting the value: "<value> is not of type 'string'".
@@ -360,22 +368,13 @@ def _check_values(raw: Mapping[str, Any]) -> None:
     """Refuse what no valid setting holds and what would make the checks themselves costly:
     NUL characters (no path or URL may contain one) and more than ``_MAX_VALUES`` values,
     which only alias tricks produce."""
-    stack: list[tuple[tuple[str | int, ...], Any]] = [((), raw)]
-    seen = 0
-    while stack:
-        loc, node = stack.pop()
-        seen += 1
+    for seen, (loc, node) in enumerate(_nodes((), raw), start=1):
         if seen > _MAX_VALUES:
             raise ConfigError(
                 "", f"the configuration expands to more than {_MAX_VALUES} values (YAML aliases?)"
             )
-        if isinstance(node, str):
-            if "\x00" in node:
-                raise ConfigError(".".join(map(str, loc)), "holds a NUL character")
-        elif isinstance(node, Mapping):
-            stack.extend(((*loc, str(key)), value) for key, value in node.items())
-        elif isinstance(node, list):
-            stack.extend(((*loc, index), value) for index, value in enumerate(node))
+        if isinstance(node, str) and "\x00" in node:
+            raise ConfigError(".".join(map(str, loc)), "holds a NUL character")
 
 
 def _whole_numbers(schema: Mapping[str, Any], node: dict[str, Any]) -> None:
