@@ -113,23 +113,35 @@ def resolve_secret(settings: Mapping[str, Any], key: str, where: str = "") -> st
     return None
 
 
+class FileTooLarge(ValueError):
+    """A file a setting names holds more than the most that is read of it."""
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``path``, or ``FileTooLarge`` when it holds more than ``limit``.
+
+    Configuration, secret and key files are small; the limit keeps a setting that points at
+    the wrong file (a log, ``/dev/zero``) from filling memory or reading forever.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(f"{path} is larger than {limit} bytes")
+    return data
+
+
 def read_text_file(
     path: str | os.PathLike[str], key: str, *, encoding: str = "utf-8", limit: int = MAX_FILE_BYTES
 ) -> str:
-    """The text of a file a setting names; any problem is a ``ConfigError`` naming ``key``.
-
-    At most ``limit`` bytes are read, so a setting pointing at the wrong file fails with a
-    message instead of filling memory.
-    """
+    """The text of a file a setting names; any problem is a ``ConfigError`` naming ``key``."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+        data = read_bounded(path, limit)
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except FileTooLarge as exc:
+        raise ConfigError(key, str(exc)) from None
     except ValueError:
         raise ConfigError(key, "the path holds a NUL character") from None
-    if len(data) > limit:
-        raise ConfigError(key, f"{path} is larger than {limit} bytes")
     try:
         return data.decode(encoding)
     except UnicodeDecodeError:

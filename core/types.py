@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
-from .config import Config, masked_url
+from .config import Config, FileTooLarge, masked_url, read_bounded
 from .errors import (
     ArchiveTooLarge,
     BadRequest,
@@ -260,6 +260,7 @@ __all__ = [
     "ExportUnavailable",
     "Exporter",
     "FieldError",
+    "FileTooLarge",
     "Forbidden",
     "Identity",
     "ProviderFailed",
@@ -279,4 +280,5 @@ __all__ = [
     "Unauthorized",
     "ValidationFailed",
     "masked_url",
+    "read_bounded",
 ]

@@ -31,6 +31,7 @@ from lightspeed_collector.types import (
     ConfigSchema,
     Identity,
     Unauthorized,
+    read_bounded,
 )
 
 if TYPE_CHECKING:
@@ -188,12 +189,7 @@ def _signature(path: Path) -> tuple[int, int, int]:
 
 
 def _load_list(path: Path) -> Any:
-    # A keys file is a few kilobytes; the limit keeps a wrong path (a log, /dev/zero) from
-    # being read into memory.
-    with path.open("rb") as handle:
-        data = handle.read(MAX_KEYS_FILE_BYTES + 1)
-    if len(data) > MAX_KEYS_FILE_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_KEYS_FILE_BYTES} bytes")
+    data = read_bounded(path, MAX_KEYS_FILE_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -36,6 +36,7 @@ from lightspeed_collector.types import (
     Identity,
     Unauthorized,
     masked_url,
+    read_bounded,
 )
 
 log = logging.getLogger(__name__)
@@ -451,10 +452,7 @@ def _json_document(data: bytes) -> Any:
 
 
 def _keys_from_file(path: Path) -> tuple[SigningKey, ...]:
-    with path.open("rb") as handle:
-        data = handle.read(MAX_KEYS_BYTES + 1)
-    if len(data) > MAX_KEYS_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_KEYS_BYTES} bytes")
+    data = read_bounded(path, MAX_KEYS_BYTES)
     if b"-----BEGIN" in data:
         return _keys_from_pem(data)
     try:
