@@ -165,12 +165,30 @@ def _describe(error: ValidationError, root: tuple[str | int, ...]) -> list[Field
         return [FieldError((*loc, name), template or "Field required") for name in missing]
     if template:
         return [FieldError(loc, template.format(value=_show(error.instance)))]
+    if keyword == "type":
+        # jsonschema quotes the value in Python's words (None, True, {'a': 1}); a client
+        # sent JSON (null, true, {"a": 1}).
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)  # type: ignore[arg-type]
+        wanted = ", ".join(repr(name) for name in names)
+        return [FieldError(loc, f"{_json_words(error.instance)} is not of type {wanted}")]
     if keyword in ("anyOf", "oneOf") and error.context:
         # Prefer the explanation from the branch that got furthest, like a person would.
         best = max(error.context, key=lambda e: len(e.absolute_path))
         if len(best.absolute_path) > len(error.absolute_path):
             return _describe(best, root)
     return [FieldError(loc, error.message)]
+
+
+def _json_words(value: Any) -> str:
+    """A value as JSON writes it; strings quoted as jsonschema quotes them. Nothing is cut
+    here: a configuration message is checked whole for secrets before it is shortened."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _show(value: Any) -> str:

@@ -613,6 +613,19 @@ def test_each_message_in_the_cause_names_its_field(server: RunningServer) -> Non
     del missing["user_question"]
     detail = assert_error(requests.post(f"{server.url}/v1/feedback", json=missing, timeout=10), 422)
     assert detail["cause"] == "user_question: Field required"
+    # Values are quoted in JSON's words, as the client sent them.
+    detail = assert_error(
+        requests.post(
+            f"{server.url}/v1/feedback",
+            json=feedback_body(conversation_id, user_question=None, llm_response={"a": True}),
+            timeout=10,
+        ),
+        422,
+    )
+    assert detail["cause"] == (
+        """llm_response: {"a": true} is not of type 'string'; """
+        "user_question: null is not of type 'string'"
+    )
     detail = assert_error(ask(server, {"query": "hi", "conversation_id": 5}), 422)
     assert detail["cause"].startswith("conversation_id: ")
     detail = assert_error(ask(server, {"query": "hi", "colour": "blue"}), 422)
