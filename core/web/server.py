@@ -56,6 +56,15 @@ class _EnvelopeErrorTask(ErrorTask):  # type: ignore[misc]
 class _Channel(HTTPChannel):  # type: ignore[misc]
     error_task_class = _EnvelopeErrorTask
 
+    def send_continue(self) -> None:
+        """No ``100 Continue`` for a request already refused from its headers (a
+        Content-Length past the cap): the client would upload the whole body first, and
+        waitress, having invited it, would wait for that body before answering."""
+        if self.request is not None and self.request.error is not None:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
+
 
 def _use_envelope_errors(server: Any) -> None:
     """waitress answers a listening socket's connections with its ``channel_class``; a

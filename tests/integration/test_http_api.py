@@ -646,3 +646,18 @@ def test_a_compressed_body_is_415_naming_the_coding(server: RunningServer) -> No
             timeout=10,
         )
         assert "Content-Encoding gzip is not supported" in assert_error(answer, 415)["cause"]
+
+
+def test_an_oversized_body_announced_with_expect_continue_is_refused_at_once(
+    server: RunningServer,
+) -> None:
+    """No 100 Continue for a body the server will refuse: the client would send it all."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(
+            b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 99999999\r\nExpect: 100-continue\r\n\r\n"
+        )
+        answer = connection.recv(65536)  # without sending a byte of the body
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+    assert b'"response"' in answer
