@@ -54,6 +54,8 @@ class Response:
     content: Mapping[str, Mapping[str, Any]] | None = None
     """Media type objects for non-JSON bodies (``{"text/plain": {"schema": ...}}``)."""
     links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    headers: tuple[str, ...] = ()
+    """Names of response headers under ``components/headers``, besides X-Request-ID."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ OPERATIONS: tuple[Operation, ...] = (
             200: Response(
                 _STREAM_DESCRIPTION,
                 content={"text/event-stream": {"schema": _SSE_EVENT}, "text/plain": _TEXT},
+                headers=("X-Conversation-ID",),
             )
         },
         request_schema="query_request",
@@ -278,6 +281,11 @@ def build_document(operations: Sequence[Operation] = OPERATIONS) -> dict[str, An
                     "else one the service made.",
                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
                 },
+                "X-Conversation-ID": {
+                    "description": "The conversation the streamed answer belongs to (new or "
+                    "continued); a text/plain answer names it nowhere else.",
+                    "schema": {"type": "string"},
+                },
                 "Retry-After": {
                     "description": "Seconds to wait before trying again, when the provider said.",
                     "schema": {"type": "integer", "minimum": 0},
@@ -351,7 +359,10 @@ def _response(response: Response) -> dict[str, Any]:
         content = response.content or {}
     item: dict[str, Any] = {
         "description": response.description,
-        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+        "headers": {
+            name: {"$ref": f"#/components/headers/{name}"}
+            for name in ("X-Request-ID", *response.headers)
+        },
         "content": {media_type: dict(media) for media_type, media in content.items()},
     }
     if response.links:

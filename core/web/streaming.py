@@ -27,6 +27,8 @@ from ..types import Answer
 from .middleware import current_request_id
 from .resources import Endpoint
 
+CONVERSATION_HEADER = "X-Conversation-ID"
+
 log = logging.getLogger(__name__)
 
 EVENT_STREAM = "text/event-stream"
@@ -43,6 +45,9 @@ class StreamingQueryResource(Endpoint):
         resp.set_header("Cache-Control", "no-cache")
         # Proxies such as nginx buffer responses unless told otherwise.
         resp.set_header("X-Accel-Buffering", "no")
+        # The plain-text body has no start event to carry it, and a client needs it to
+        # continue the conversation or to give feedback on the answer.
+        resp.set_header(CONVERSATION_HEADER, answer.conversation_id)
         resp.stream = AnswerEvents(answer, plain)
 
 

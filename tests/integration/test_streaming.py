@@ -109,6 +109,19 @@ def test_text_plain_media_type_streams_the_bare_answer(server: RunningServer) ->
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     assert response.text.startswith('[echo] You asked: "hi".')
+    # The only place a plain-text answer names its new conversation; feedback needs it.
+    conversation_id = response.headers["X-Conversation-ID"]
+    feedback = requests.post(
+        f"{server.url}/v1/feedback",
+        json={
+            "conversation_id": conversation_id,
+            "user_question": "hi",
+            "llm_response": response.text,
+            "sentiment": 1,
+        },
+        timeout=10,
+    )
+    assert feedback.status_code == 200, feedback.text
 
 
 def test_errors_before_the_stream_are_ordinary_json_errors(server: RunningServer) -> None:
