@@ -172,6 +172,9 @@ def _describe(error: ValidationError, root: tuple[str | int, ...]) -> list[Field
         names = [expected] if isinstance(expected, str) else list(expected)  # type: ignore[arg-type]
         wanted = ", ".join(repr(name) for name in names)
         return [FieldError(loc, f"{_json_words(error.instance)} is not of type {wanted}")]
+    if keyword == "enum":
+        options = json.dumps(error.validator_value, ensure_ascii=False)
+        return [FieldError(loc, f"{_json_words(error.instance)} is not one of {options}")]
     if keyword in ("anyOf", "oneOf") and error.context:
         # Prefer the explanation from the branch that got furthest, like a person would.
         best = max(error.context, key=lambda e: len(e.absolute_path))

@@ -665,3 +665,13 @@ def test_the_state_folder_and_the_storages_are_distinct(
     extra.setdefault(section, {})[name] = folder
     with pytest.raises(ConfigError, match=f"{key}: {folder} is the same folder as"):
         make_config(extra)
+
+
+def test_wrong_values_are_quoted_as_yaml_and_json_write_them(
+    make_config: Callable[..., Config],
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config({"service": {"log_level": None, "threads": True}})
+    message = str(caught.value)
+    assert 'service.log_level: null is not one of ["debug", "info", "warning", "error"]' in message
+    assert "service.threads: true is not of type 'integer'" in message
