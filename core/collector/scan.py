@@ -95,7 +95,14 @@ def _walk(
         held_back = 0
         try:
             entries = os.scandir(directory)
-        except OSError:
+        except FileNotFoundError:
+            continue  # pruned while we walked
+        except OSError as exc:
+            log.warning(
+                "cannot list %s (%s); records below it are not exported",
+                directory,
+                exc.strerror or exc,
+            )
             continue
         with entries:
             for entry in entries:

@@ -783,3 +783,26 @@ def test_a_second_oversized_record_of_the_same_name_never_replaces_the_first(
     kept = {path.name: path.read_bytes()[:1] for path in quarantined.iterdir()}
     stem = name.partition("/")[2].removesuffix(".json")
     assert kept == {f"{stem}.json": b"1", f"{stem}.1.json": b"2"}
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_skipped_silently(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    originals = fill(world, 3)
+    # A record deeper than PATH_MAX (4096): 40 folders of 120 characters, made step by step.
+    fd = os.open(world.transcripts / USER, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(40):
+            os.mkdir("d" * 120, dir_fd=fd)
+            inner = os.open("d" * 120, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        record = os.open("x.json", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+        os.write(record, b"{}")
+        os.close(record)
+    finally:
+        os.close(fd)
+    exporter = ScriptedExporter()
+    world.collector(exporter).run_cycle()
+    assert exporter.records() == originals
+    assert "cannot list" in caplog.text and "File name too long" in caplog.text
