@@ -188,3 +188,18 @@ def listen_failure(exc: OSError | ValueError) -> tuple[int | None, str]:
     if isinstance(cause, OSError):
         return cause.errno, cause.strerror or str(cause)
     return None, str(exc)
+
+
+def innermost_cause(exc: BaseException) -> BaseException:
+    """The error at the bottom of a chain of wrapped ones.
+
+    requests wraps urllib3's errors, which wrap the socket's, and each layer's message
+    quotes the URL with its query; the innermost one says what went wrong and nothing more.
+    """
+    cause = exc
+    for _ in range(10):
+        inner = cause.__cause__ or cause.__context__
+        if inner is None:
+            break
+        cause = inner
+    return cause

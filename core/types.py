@@ -30,6 +30,7 @@ from .errors import (
     StorageFull,
     Unauthorized,
     ValidationFailed,
+    innermost_cause,
 )
 
 RecordKind = Literal["feedback", "transcript"]
@@ -279,6 +280,7 @@ __all__ = [
     "StorageFull",
     "Unauthorized",
     "ValidationFailed",
+    "innermost_cause",
     "masked_url",
     "read_bounded",
 ]

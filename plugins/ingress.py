@@ -39,6 +39,7 @@ from lightspeed_collector.types import (
     ExportMisconfigured,
     ExportUnavailable,
     Receipt,
+    innermost_cause,
     masked_url,
 )
 
@@ -194,7 +195,7 @@ class IngressExporter:
                 setting=f"{SETTINGS_PATH}.ingress_server_url",
             ) from None
         except requests.RequestException as exc:
-            cause = _innermost(exc)
+            cause = innermost_cause(exc)
             if isinstance(cause, ssl.SSLCertVerificationError):
                 # Retrying cannot help: the operator must fix the address or the trust store.
                 raise ExportMisconfigured(
@@ -273,20 +274,9 @@ def _where(url: str, strict: bool = False) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def _innermost(exc: BaseException) -> BaseException:
-    """The error at the bottom of the chain requests and urllib3 wrap around it."""
-    cause = exc
-    for _ in range(10):
-        inner = cause.__cause__ or cause.__context__
-        if inner is None:
-            break
-        cause = inner
-    return cause
-
-
 def _reason(exc: requests.RequestException) -> str:
     """The innermost cause, without the URL dump urllib3 wraps around it."""
-    cause = _innermost(exc)
+    cause = innermost_cause(exc)
     return type(cause).__name__ if not str(cause) else f"{type(cause).__name__}: {str(cause)[:120]}"
 
 

@@ -35,6 +35,7 @@ from lightspeed_collector.types import (
     ConfigSchema,
     Identity,
     Unauthorized,
+    innermost_cause,
     masked_url,
     read_bounded,
 )
@@ -499,12 +500,7 @@ def _reason(exc: Exception) -> str:
     """Why a fetch failed, without the URL (and its query) that requests' messages quote."""
     if not isinstance(exc, requests.RequestException):
         return str(exc)
-    cause: BaseException = exc
-    for _ in range(10):
-        inner = cause.__cause__ or cause.__context__
-        if inner is None:
-            break
-        cause = inner
+    cause = innermost_cause(exc)
     if isinstance(cause, OSError) and cause.strerror:
         return f"{type(cause).__name__}: {cause.strerror}"
     return type(cause).__name__

@@ -40,6 +40,7 @@ from lightspeed_collector.types import (
     QueryRequest,
     RateLimited,
     ValidationFailed,
+    innermost_cause,
     masked_url,
 )
 
@@ -539,12 +540,7 @@ def _retry_after(headers: Mapping[str, str]) -> int | None:
 def _reason(exc: BaseException) -> str:
     """The innermost cause of a connection failure: requests' own text quotes the URL with
     its query, and an invalid header's text quotes the header."""
-    cause = exc
-    for _ in range(10):
-        inner = cause.__cause__ or cause.__context__
-        if inner is None:
-            break
-        cause = inner
+    cause = innermost_cause(exc)
     if isinstance(cause, OSError) and cause.strerror:
         return f"{type(cause).__name__}: {cause.strerror}"
     if isinstance(cause, ssl.SSLError) and cause.reason:
