@@ -184,21 +184,19 @@ def _describe(error: ValidationError, root: tuple[str | int, ...]) -> list[Field
 
 
 def _json_words(value: Any) -> str:
-    """A value as JSON writes it; strings quoted as jsonschema quotes them. Nothing is cut
-    here: a configuration message is checked whole for secrets before it is shortened."""
-    if isinstance(value, str):
-        return repr(value)
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
+    """A value as a message quotes it: strings as jsonschema quotes them, the rest as JSON.
+    Nothing is cut here: a configuration message is checked whole for secrets before it is
+    shortened."""
+    return repr(value) if isinstance(value, str) else _as_json(value)
 
 
 def _show(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value)
+    """A value as an ``x-messages`` template shows it: strings bare, the rest as JSON."""
+    return value if isinstance(value, str) else _as_json(value)
+
+
+def _as_json(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):  # a value YAML made that JSON has no word for
+        return repr(value)
