@@ -236,7 +236,6 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     _check_values(raw)
     data = copy.deepcopy(dict(raw))
     _apply_defaults(schema, data)
-    _whole_numbers(schema, data)
     problems = validation.check("config", data)
     if problems:
         messages = [_config_message(schema, data, problem.loc, problem.msg) for problem in problems]
@@ -259,11 +258,19 @@ def build_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
 
 
 def _apply_defaults(schema: Mapping[str, Any], node: dict[str, Any]) -> None:
+    """Fill in every default the schema gives, and read ``5.0`` where a whole number is
+    expected as 5: JSON Schema accepts it as an integer, but Python code given a float where
+    it counts things fails much later."""
     for key, sub in schema.get("properties", {}).items():
         if key not in node and "default" in sub:
             node[key] = copy.deepcopy(sub["default"])
-        if isinstance(node.get(key), dict):
-            _apply_defaults(sub, node[key])
+        value = node.get(key)
+        types = sub.get("type")
+        integer = types == "integer" or (isinstance(types, list) and "integer" in types)
+        if integer and isinstance(value, float) and value.is_integer():
+            node[key] = int(value)
+        elif isinstance(value, dict):
+            _apply_defaults(sub, value)
 
 
 def _config_message(
@@ -387,19 +394,6 @@ def _check_values(raw: Mapping[str, Any]) -> None:
             )
         if isinstance(node, str) and "\x00" in node:
             raise ConfigError(".".join(map(str, loc)), "holds a NUL character")
-
-
-def _whole_numbers(schema: Mapping[str, Any], node: dict[str, Any]) -> None:
-    """``5.0`` where a whole number is expected means 5: JSON Schema accepts it as an
-    integer, but Python code given a float where it counts things fails much later."""
-    for key, sub in schema.get("properties", {}).items():
-        value = node.get(key)
-        types = sub.get("type")
-        integer = types == "integer" or (isinstance(types, list) and "integer" in types)
-        if integer and isinstance(value, float) and value.is_integer():
-            node[key] = int(value)
-        elif isinstance(value, dict):
-            _whole_numbers(sub, value)
 
 
 def _subschema(schema: Mapping[str, Any], loc: tuple[str | int, ...]) -> Mapping[str, Any] | None:
