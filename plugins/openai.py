@@ -17,6 +17,7 @@ import math
 import os
 import re
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -578,12 +579,10 @@ def _check_ca_file(name: str, settings: Mapping[str, Any]) -> None:
         if os.path.isdir(path):
             os.listdir(path)  # a directory of hashed certificates, as OpenSSL's -CApath
             return
-        size = os.stat(path).st_size
-        if not os.path.isfile(path) or size > MAX_CA_FILE_BYTES:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CA_FILE_BYTES:
             raise ConfigError(key, f"{path} is not a CA bundle file (PEM)")
-        with open(path, "rb"):
-            pass
-        ssl.create_default_context(cafile=path)
+        ssl.create_default_context(cafile=path)  # reads and parses it, as requests will
     except ssl.SSLError:
         raise ConfigError(key, f"{path} holds no CA certificate (PEM) that can be read") from None
     except OSError as exc:
