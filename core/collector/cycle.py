@@ -71,6 +71,7 @@ from .scan import (
 log = logging.getLogger("lightspeed_collector.collector")
 
 SETTINGS_PATH = "user_data_collection.data_collector"
+_IMPLAUSIBLY_FAR_AHEAD_NS = 24 * 3600 * 1_000_000_000
 
 ExportedCallback = Callable[[Archive, Receipt], None]
 
@@ -109,6 +110,9 @@ class CollectorSettings:
     collection_interval: float
     lock_wait_seconds: float
     shutdown_timeout_seconds: float
+    min_record_age_seconds: float = 0.0
+    """Records modified more recently than this are left for a later cycle: a writer that
+    writes in place, with no temporary name, may not have finished them."""
 
     @classmethod
     def from_config(cls, config: Config) -> CollectorSettings:
@@ -137,6 +141,7 @@ class CollectorSettings:
             collection_interval=collector["collection_interval"],
             lock_wait_seconds=collector["lock_wait_seconds"],
             shutdown_timeout_seconds=collector["shutdown_timeout_seconds"],
+            min_record_age_seconds=collector["min_record_age_seconds"],
         )
 
 
@@ -152,6 +157,9 @@ class CycleReport:
     archives_failed: int = 0
     archives_split: int = 0
     quarantined: list[str] = field(default_factory=list)
+    records_too_recent: int = 0
+    """Records left in the storage because they were modified too recently to be sure their
+    writer had finished; a later cycle takes them."""
     misconfigured: str | None = None
     """The setting to check when the receiver or the exporter reported a configuration
     problem; the exit status of ``export`` is 2 then."""
@@ -177,6 +185,10 @@ class CycleReport:
             parts.append(f"{self.archives_split} split")
         if self.quarantined:
             parts.append(f"{len(self.quarantined)} quarantined")
+        if self.records_too_recent:
+            parts.append(
+                f"{_plural(self.records_too_recent, 'record')} too recent, left for the next cycle"
+            )
         if self.misconfigured:
             parts.append(f"stopped by a configuration problem ({self.misconfigured})")
         return f"export cycle: {', '.join(parts)}; {self.seconds:.2f} s"
@@ -241,7 +253,10 @@ class Collector:
 
     # -- the cycle -------------------------------------------------------------------------
 
-    def run_cycle(self) -> CycleReport:
+    def run_cycle(self, *, last: bool = False) -> CycleReport:
+        """One cycle. ``last`` is the run's last cycle (``export --once``, or the final cycle
+        of a stop): it waits, once and within the stop deadline, for records held back as
+        too recent, so what was stored just before it still leaves."""
         started = self._clock()
         report = CycleReport()
         fsutil.make_dirs(self.settings.state_dir)
@@ -264,7 +279,7 @@ class Collector:
             self.outbox.prepare()
             self._recover()
             try:
-                self._pack(report)
+                self._pack(report, last=last)
             except OSError as exc:
                 # Typically a full state volume. What is already in the outbox can still
                 # go, and sending it frees the space the next cycle needs.
@@ -320,10 +335,42 @@ class Collector:
 
     # -- packing ---------------------------------------------------------------------------
 
-    def _pack(self, report: CycleReport) -> None:
+    def _pack(self, report: CycleReport, *, last: bool) -> None:
+        youngest_ns = self._pack_settled(report)
+        if youngest_ns is None or not last:
+            return
+        age = self.settings.min_record_age_seconds
+        # Never longer than the age itself: a modification time in the future (a writer's
+        # clock ahead of ours) would otherwise hold the run up for as long as it is ahead.
+        wait = min(age, (youngest_ns - self._wall_clock_ns()) / 1e9 + age)
+        log.debug(
+            "waiting %.2f s for %s modified in the last %g s",
+            wait,
+            _plural(report.records_too_recent, "record"),
+            age,
+        )
+        if self._pause(wait):
+            report.records_too_recent = 0
+            self._pack_settled(report)
+
+    def _wall_clock_ns(self) -> int:
+        return int(self._wall_clock().timestamp() * 1e9)
+
+    def _pack_settled(self, report: CycleReport) -> int | None:
+        """Pack every record old enough to be finished; answer the modification time of the
+        youngest one held back as too recent (``None`` when none was)."""
         settings = self.settings
         roots = [storage.root for storage in settings.storages]
         changing: set[str] = set()
+        # Records modified after this are held back; so are those up to a day in the future
+        # (a writer's clock ahead of ours). A time further ahead than that is no writer's
+        # clock, and trusting it would keep the record from leaving for as long.
+        now_ns = self._wall_clock_ns()
+        settled_ns = now_ns - int(settings.min_record_age_seconds * 1e9)
+        implausible_ns = now_ns + _IMPLAUSIBLY_FAR_AHEAD_NS
+        check_age = settings.min_record_age_seconds > 0
+        youngest_ns: int | None = None
+        too_recent = 0
 
         def records() -> Iterator[SourceFile]:
             found = scan(settings.storages, exclude=[str(settings.state_dir), *roots])
@@ -351,6 +398,10 @@ class Collector:
                     if opened is None:
                         continue
                     try:
+                        if check_age and settled_ns < opened.mtime_ns <= implausible_ns:
+                            too_recent += 1
+                            youngest_ns = max(youngest_ns or 0, opened.mtime_ns)
+                            continue
                         if opened.size > settings.max_archive_bytes:
                             self._quarantine_record(source, opened.size, report)
                             continue
@@ -363,7 +414,7 @@ class Collector:
                         writer.add(
                             source.member,
                             opened.size,
-                            opened.mtime,
+                            opened.mtime_ns // 1_000_000_000,
                             functools.partial(os.read, opened.fd),
                         )
                         inodes.append(opened.inode)
@@ -387,7 +438,8 @@ class Collector:
                     "cycle and the archive is built again without it",
                     exc.member,
                 )
-                files, carried = records(), None
+                # The new scan meets the records held back so far again.
+                files, carried, too_recent = records(), None, 0
                 continue
             except BaseException:
                 if writer is not None:
@@ -399,7 +451,13 @@ class Collector:
                 self._quarantine_record(first, built.size, report, compressed=True)
                 continue
             self._commit(built, inodes, packed_since_ns, report)
-        log.debug("scan finished: %d records packed this cycle", found)
+        log.debug(
+            "scan finished: %d records packed this cycle, %d modified too recently to pack",
+            found,
+            too_recent,
+        )
+        report.records_too_recent += too_recent
+        return youngest_ns
 
     def _new_writer(self) -> ArchiveWriter:
         archive_id = self._new_id()

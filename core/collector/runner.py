@@ -93,9 +93,9 @@ class CollectorLoop:
         self.last_report: CycleReport | None = None
         self._on_report = on_report
 
-    def run_once(self) -> CycleReport | None:
+    def run_once(self, *, last: bool = False) -> CycleReport | None:
         try:
-            self.last_report = self.collector.run_cycle()
+            self.last_report = self.collector.run_cycle(last=last)
         except Exception as exc:
             log.error("export cycle failed: %s: %s", type(exc).__name__, exc)
             log.debug("export cycle failure", exc_info=True)
@@ -115,7 +115,7 @@ class CollectorLoop:
             if self.stop.requested:
                 break
         log.info("stopping: running a final export cycle")
-        self.run_once()
+        self.run_once(last=True)
 
     def request_stop(self) -> None:
         self.stop.request(self.collector.settings.shutdown_timeout_seconds)
@@ -206,7 +206,7 @@ def run_export(config: Config, *, once: bool, progress: Progress | None = None) 
     loop = CollectorLoop(collector)
     with _stopping_on_signals(loop.request_stop):
         if once:
-            loop.run_once()
+            loop.run_once(last=True)
         else:
             loop.run()
     report = loop.last_report

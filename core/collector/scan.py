@@ -1,7 +1,10 @@
 """Finding finished records in the storage folders, and removing them once they are safe.
 
 A record is finished when it carries its final ``*.json`` name: the sink writes a
-``.<id>.tmp`` file and renames it, so a ``*.json`` regular file is always complete. Symlinks
+``.<id>.tmp`` file and renames it, so a ``*.json`` regular file it made is always complete.
+Other writers (the reference service among them) write records in place under their final
+name; for them, the packer also leaves alone records modified too recently (see
+``min_record_age_seconds``). Symlinks
 are never followed (a planted link could lead out of the storage root or loop), and the
 walk is a generator over ``os.scandir``, so a backlog of any size costs memory only for the
 folders on the way down, never for the list of files.
@@ -145,7 +148,7 @@ def _prune_if_stale(directory: str, now: float) -> None:
 class OpenedFile:
     fd: int
     size: int
-    mtime: int
+    mtime_ns: int
     inode: Inode
 
 
@@ -163,7 +166,7 @@ def open_source(source: SourceFile) -> OpenedFile | None:
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         return None
-    return OpenedFile(fd, info.st_size, int(info.st_mtime), info.st_ino)
+    return OpenedFile(fd, info.st_size, info.st_mtime_ns, info.st_ino)
 
 
 def source_path(storages: Sequence[Storage], member: str) -> str | None:

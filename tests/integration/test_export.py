@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -191,6 +192,44 @@ def test_nothing_to_export_is_a_quiet_success(tmp_path: Path, stubs: Callable[..
     assert result.returncode == 0, result.stderr
     assert stub.uploads() == []
     assert "packed 0 records into 0 archives" in result.stderr
+
+
+def test_a_record_written_in_place_is_shipped_whole_never_half(
+    tmp_path: Path, stubs: Callable[..., Stub]
+) -> None:
+    """Writers other than our sink (the reference service among them) write a record under
+    its final name, with no temporary file. One caught halfway stays until its writer has
+    finished; then it goes whole."""
+    data = tmp_path / "data"
+    (data / "feedback").mkdir(parents=True)
+    stub = stubs()
+    config = write_export_config(tmp_path, data, stub.url)
+    record = json.dumps({"user_feedback": f"{MARKER} " + "many words " * 400}).encode()
+    path = data / "feedback" / f"{uuid.uuid4()}.json"
+    half_written = threading.Event()
+
+    def write_in_place() -> None:
+        with path.open("wb") as out:
+            out.write(record[: len(record) // 2])
+            out.flush()
+            half_written.set()
+            time.sleep(1.0)
+            out.write(record[len(record) // 2 :])
+
+    writer = threading.Thread(target=write_in_place)
+    writer.start()
+    try:
+        assert half_written.wait(10)
+        first = run_export(config)
+    finally:
+        writer.join()
+    assert first.returncode == 0, first.stderr
+    second = run_export(config)
+    assert second.returncode == 0, second.stderr
+
+    name = f"feedback/{path.name}"
+    assert_exactly_once({name: record}, account(stub, data, tmp_path / "state"))
+    assert not path.exists()
 
 
 # -- faults at the receiver ------------------------------------------------------------------

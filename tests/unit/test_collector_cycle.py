@@ -45,6 +45,7 @@ from lightspeed_collector.types import (
 )
 
 USER = "a" * 64
+WALL_EPOCH = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
 
 
 class FakeClock:
@@ -137,7 +138,12 @@ class World:
         return replace(base, **overrides)
 
     def collector(
-        self, exporter: ScriptedExporter, progress: Any = None, **overrides: Any
+        self,
+        exporter: ScriptedExporter,
+        progress: Any = None,
+        *,
+        wall_clock: Callable[[], datetime] = lambda: datetime(2024, 1, 1, tzinfo=UTC),
+        **overrides: Any,
     ) -> Collector:
         stop = StopSignal(self.clock)
         return Collector(
@@ -146,9 +152,20 @@ class World:
             stop=stop,
             clock=self.clock,
             sleep=self.clock.sleep,
-            wall_clock=lambda: datetime(2024, 1, 1, tzinfo=UTC),
+            wall_clock=wall_clock,
             progress=progress,
         )
+
+    def wall_clock(self) -> datetime:
+        """Wall time that moves with the fake clock, from an epoch of 2024-01-01."""
+        return datetime.fromtimestamp(WALL_EPOCH + self.clock.now, UTC)
+
+    def modified(self, member: str, seconds_ago: float) -> None:
+        """Set a record's modification time relative to :meth:`wall_clock`."""
+        folder, _, relative = member.partition("/")
+        path = (self.feedback if folder == "feedback" else self.transcripts) / relative
+        when = int((self.wall_clock().timestamp() - seconds_ago) * 1e9)
+        os.utime(path, ns=(when, when))
 
     def feedback_record(self, content: bytes | None = None) -> str:
         record_id = str(uuid.uuid4())
@@ -228,6 +245,78 @@ def test_only_finished_records_inside_the_roots_are_collected(world: World, tmp_
     assert (world.feedback / "notes.txt").exists()
     assert (world.feedback / "link.json").is_symlink()
     assert outside.exists() and (outside_dir / "x.json").exists()
+
+
+# -- records a writer may still be writing -----------------------------------------------------
+
+
+def test_records_modified_too_recently_are_left_for_a_later_cycle(world: World) -> None:
+    old = world.feedback_record()
+    world.modified(old, 60)
+    fresh = world.feedback_record()
+    world.modified(fresh, 0.5)
+    skewed = world.transcript("conv-1")
+    world.modified(skewed, -300)  # a writer whose clock runs five minutes ahead
+    nonsense = world.transcript("conv-2")
+    world.modified(nonsense, -3 * 86400)  # no writer's clock: it would never leave
+    exporter = ScriptedExporter()
+
+    report = world.collector(
+        exporter, wall_clock=world.wall_clock, min_record_age_seconds=2.0
+    ).run_cycle()
+
+    assert set(exporter.records()) == {old, nonsense}
+    assert set(world.on_disk()) == {fresh, skewed}
+    assert report.records_too_recent == 2
+    assert "2 records too recent, left for the next cycle" in report.summary()
+    assert world.clock.sleeps == []  # only a run's last cycle waits for them
+
+    world.clock.now += 2.0
+    world.modified(skewed, 60)
+    later = world.collector(
+        ScriptedExporter(), wall_clock=world.wall_clock, min_record_age_seconds=2.0
+    )
+    assert later.run_cycle().records_packed == 2
+    assert world.on_disk() == {}
+
+
+def test_the_last_cycle_waits_for_recent_records_then_packs_them(world: World) -> None:
+    written = fill(world, 5)
+    for member in written:
+        world.modified(member, 30)
+    youngest = world.feedback_record()
+    world.modified(youngest, 0.5)
+    written[youngest] = world.on_disk()[youngest]
+    exporter = ScriptedExporter()
+
+    report = world.collector(
+        exporter, wall_clock=world.wall_clock, min_record_age_seconds=2.0
+    ).run_cycle(last=True)
+
+    assert world.clock.sleeps == [pytest.approx(1.5)]
+    assert exporter.records() == written
+    assert report.records_too_recent == 0 and world.on_disk() == {}
+
+
+def test_the_last_cycle_waits_no_longer_than_the_age_nor_past_the_stop(world: World) -> None:
+    ahead = world.feedback_record()
+    world.modified(ahead, -3600)  # an hour ahead: waiting until then is not on
+    exporter = ScriptedExporter()
+    collector = world.collector(exporter, wall_clock=world.wall_clock, min_record_age_seconds=2.0)
+
+    report = collector.run_cycle(last=True)
+
+    assert world.clock.sleeps == [pytest.approx(2.0)]
+    assert report.records_too_recent == 1 and set(world.on_disk()) == {ahead}
+
+    fresh = world.feedback_record()
+    world.modified(fresh, 0.5)
+    world.clock.sleeps.clear()
+    collector.stop.request(1.0)  # a stop leaves 1 s; settling needs 1.5 s
+    report = collector.run_cycle(last=True)
+
+    assert world.clock.sleeps == []
+    assert report.records_too_recent == 2 and set(world.on_disk()) == {ahead, fresh}
 
 
 def test_a_state_folder_inside_a_storage_root_is_never_packed(world: World) -> None:

@@ -200,7 +200,9 @@ class ExportPlugin:
 def test_a_plugin_exporter_ships_archives_and_observers_hear_of_it(
     make_config: Callable[..., Config], tmp_path: Path
 ) -> None:
-    config = make_config({"user_data_collection": {"data_collector": {"exporter": "memory"}}})
+    # The record is packed the moment it is stored: this test is about the hooks.
+    collector = {"exporter": "memory", "min_record_age_seconds": 0}
+    config = make_config({"user_data_collection": {"data_collector": collector}})
     service = build_service(config)
     try:
         client = testing.TestClient(create_app(service))

@@ -52,6 +52,7 @@ def test_embedded_defaults_match_the_documented_service() -> None:
         "retry_base_seconds": 1,
         "lock_wait_seconds": 10,
         "shutdown_timeout_seconds": 20,
+        "min_record_age_seconds": 2,
     }
 
 
