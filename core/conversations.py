@@ -5,6 +5,11 @@ waitress's worker threads: the statements are tiny, so a lock is simpler and as 
 connection per thread. Ownership never changes once recorded, so owners already seen are
 answered from memory: every feedback checks ownership, and a database round trip per request
 costs more than the rest of the check.
+
+The database can fail under a running service (another process holding its write lock, a
+full disk, a damaged file): every such failure is a ``ServiceUnavailable`` naming the
+database and SQLite's reason, so clients get a 503 they may retry instead of an unexplained
+500, and the operator reads in the log what to fix.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import Forbidden, NotFound
+from .errors import Forbidden, NotFound, ServiceUnavailable
 
 CACHED_OWNERS = 100_000
 
@@ -29,6 +36,7 @@ CREATE TABLE IF NOT EXISTS conversations (
 
 class ConversationStore:
     def __init__(self, path: Path) -> None:
+        self._path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # SQLite gives its -wal and -shm files the database file's mode, so creating the
         # database owner-only first keeps all three private from the very first start.
@@ -42,8 +50,8 @@ class ConversationStore:
         self._owners: dict[str, str] = {}
 
     def create(self, conversation_id: str, user_key: str, created_at: str) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._database() as db:
+            db.execute(
                 "INSERT OR IGNORE INTO conversations VALUES (?, ?, ?)",
                 (conversation_id, user_key, created_at),
             )
@@ -52,8 +60,8 @@ class ConversationStore:
     def owner(self, conversation_id: str, *, cached: bool = True) -> str | None:
         if cached and (known := self._owners.get(conversation_id)) is not None:
             return known
-        with self._lock:
-            row = self._db.execute(
+        with self._database() as db:
+            row = db.execute(
                 "SELECT user_key FROM conversations WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()
         owner = None if row is None else str(row[0])
@@ -82,8 +90,20 @@ class ConversationStore:
             )
 
     def ping(self) -> None:
+        with self._database() as db:
+            db.execute("SELECT 1").fetchone()
+
+    @contextmanager
+    def _database(self) -> Iterator[sqlite3.Connection]:
+        """The connection, to one thread at a time, with SQLite's failures made a 503."""
         with self._lock:
-            self._db.execute("SELECT 1").fetchone()
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise ServiceUnavailable(
+                    f"The conversations database {self._path} cannot be used: {exc}",
+                    response="Conversations database unavailable",
+                ) from exc
 
     def close(self) -> None:
         with self._lock:

@@ -110,6 +110,14 @@ class StorageFull(CollectorError):
     response = "Storage is full"
 
 
+class ServiceUnavailable(CollectorError):
+    """Something the service keeps for itself (the conversations database) cannot be used
+    right now: nothing the client sent is wrong, and the same request may succeed later."""
+
+    status = 503
+    response = "Service unavailable"
+
+
 class StorageFailed(CollectorError):
     """A sink could not write for a reason that is the server's, not the client's."""
 
