@@ -113,7 +113,7 @@ class _Storage:
         self.used = 0
         self.pending = 0
         self.last_scan = 0.0
-        self.known_dirs: set[str] = set()
+        self.known_dirs: dict[str, tuple[int, int]] = {}
 
 
 class FilesystemSink:
@@ -224,12 +224,30 @@ class FilesystemSink:
         record_id: str,
         data: bytes,
     ) -> str:
-        temp = os.path.join(directory, f".{record_id}.tmp")
-        final = os.path.join(directory, f"{record_id}.json")
+        temp = f".{record_id}.tmp"
+        final = f"{record_id}.json"
         try:
-            fd = self._open_temp(storage, directory, components, temp)
+            dir_fd, fd = self._open_temp(storage, directory, components, temp)
         except OSError as exc:
             raise _failure(exc, storage, directory) from exc
+        # Everything below goes through the folder that was checked, whatever its path
+        # leads to by now.
+        try:
+            self._write_temp(fd, dir_fd, temp, final, data, storage, directory)
+        finally:
+            os.close(dir_fd)
+        return os.path.join(directory, final)
+
+    def _write_temp(
+        self,
+        fd: int,
+        dir_fd: int,
+        temp: str,
+        final: str,
+        data: bytes,
+        storage: _Storage,
+        directory: str,
+    ) -> None:
         try:
             try:
                 os.fchmod(fd, FILE_MODE)
@@ -240,25 +258,25 @@ class FilesystemSink:
                     self._fsync_function(fd)
             finally:
                 os.close(fd)
-            os.rename(temp, final)
+            os.rename(temp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException as exc:
-            _remove(temp)
+            _remove(temp, dir_fd)
             if isinstance(exc, OSError):
                 raise _failure(exc, storage, directory) from exc
             raise
         if self.fsync:
             try:
-                self._fsync_directory(directory)
+                self._fsync_function(dir_fd)
             except OSError as exc:
                 # The caller will be told it failed, so it must not be left to be exported.
-                _remove(final)
+                _remove(final, dir_fd)
                 raise _failure(exc, storage, directory) from exc
-        return final
 
     def _open_temp(
         self, storage: _Storage, directory: str, components: tuple[str, ...], temp: str
-    ) -> int:
-        """Create the temporary file, making its folders first when needed.
+    ) -> tuple[int, int]:
+        """Create the temporary file, making its folders first when needed; returns the
+        record's folder and the file, both open.
 
         The exporter prunes folders it emptied, possibly behind our cache's back or between
         our creating a user folder and its conversation folder; a vanished folder is simply
@@ -266,18 +284,54 @@ class FilesystemSink:
         """
         attempts_left = _PREPARE_ATTEMPTS
         while True:
+            attempts_left -= 1
             try:
-                if directory not in storage.known_dirs:
-                    self._prepare(storage, directory, components)
-                return os.open(temp, _TEMP_FLAGS, FILE_MODE)
+                dir_fd = self._open_checked_directory(storage, directory, components)
+                if dir_fd is not None:
+                    try:
+                        return dir_fd, os.open(temp, _TEMP_FLAGS, FILE_MODE, dir_fd=dir_fd)
+                    except BaseException:
+                        os.close(dir_fd)
+                        raise
             except FileNotFoundError:
-                storage.known_dirs.discard(directory)
-                attempts_left -= 1
                 if not attempts_left:
                     raise
+            storage.known_dirs.pop(directory, None)
+            if not attempts_left:
+                raise StorageFailed(
+                    f"Refused to store {storage.record_kind}: directory {directory} "
+                    "kept changing while it was being checked"
+                )
 
-    def _prepare(self, storage: _Storage, directory: str, components: tuple[str, ...]) -> None:
-        """Create the record's folders and prove each resolves inside the root.
+    def _open_checked_directory(
+        self, storage: _Storage, directory: str, components: tuple[str, ...]
+    ) -> int | None:
+        """The record's folder, open, if it is the very folder checked to lie inside the
+        root; None if the path has led elsewhere since it was checked.
+
+        Checked folders are remembered with their identity rather than trusted for their
+        name: a folder swapped for a symlink leading out of the root after it was checked
+        is checked again, and refused.
+        """
+        checked = storage.known_dirs.get(directory)
+        if checked is None:
+            checked = self._prepare(storage, directory, components)
+        dir_fd = os.open(directory, _DIR_FLAGS)
+        try:
+            opened = os.fstat(dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        if (opened.st_dev, opened.st_ino) == checked:
+            return dir_fd
+        os.close(dir_fd)
+        return None
+
+    def _prepare(
+        self, storage: _Storage, directory: str, components: tuple[str, ...]
+    ) -> tuple[int, int]:
+        """Create the record's folders, prove each resolves inside the root, and return the
+        identity of the record's folder.
 
         Each level is checked before the next is created, so a planted symlink cannot make
         us create even an empty folder outside the root.
@@ -293,9 +347,11 @@ class FilesystemSink:
                     f"Refused to store {storage.record_kind}: directory {path} "
                     f"leads outside {storage.root}"
                 )
+        found = os.stat(directory)
         if len(storage.known_dirs) >= _MAX_KNOWN_DIRS:
             storage.known_dirs.clear()
-        storage.known_dirs.add(directory)
+        storage.known_dirs[directory] = (found.st_dev, found.st_ino)
+        return found.st_dev, found.st_ino
 
     def _make_dirs(self, path: str) -> None:
         """Create ``path`` and any missing parents, each owner-only and durably linked."""
@@ -369,9 +425,9 @@ def _failure(exc: OSError, storage: _Storage, directory: str) -> StorageFull | S
     return StorageFailed(f"Failed to store {storage.record_kind} at directory: {directory}")
 
 
-def _remove(path: str) -> None:
+def _remove(path: str, dir_fd: int | None = None) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
 
 
 def _scan(root: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import threading
 import uuid
@@ -297,6 +298,24 @@ def test_a_symlink_out_of_the_root_is_refused(
 
     assert list(outside.iterdir()) == []
     assert all_files(roots[1]) == []
+
+
+@pytest.mark.parametrize("swapped", ["conversation", "user"])
+def test_a_checked_folder_swapped_for_a_symlink_out_of_the_root_is_refused(
+    tmp_path: Path, sink: FilesystemSink, roots: tuple[Path, Path], swapped: str
+) -> None:
+    sink.write(transcript())
+    outside = tmp_path / "outside"
+    (outside / CONVERSATION_ID).mkdir(parents=True)
+    folder = roots[1] / USER_KEY if swapped == "user" else roots[1] / USER_KEY / CONVERSATION_ID
+    shutil.rmtree(folder)
+    folder.symlink_to(outside)
+
+    with pytest.raises(StorageFailed) as caught:
+        sink.write(transcript())
+
+    assert "leads outside" in caught.value.cause
+    assert all_files(outside) == []
 
 
 def test_a_symlink_inside_the_root_is_followed(
