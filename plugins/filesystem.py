@@ -417,12 +417,16 @@ def _check_component(field: str, value: str) -> None:
 
 
 def _failure(exc: OSError, storage: _Storage, directory: str) -> StorageFull | StorageFailed:
-    """Name the folder, never the record: error messages end up in logs and responses."""
+    """Name the folder and the system's reason, never the record: error messages end up in
+    logs and responses, and an operator must tell a permission problem from a failing disk."""
     if exc.errno in _FULL_ERRNOS:
         return StorageFull(
             f"No space left to store {storage.record_kind} at directory: {directory}"
         )
-    return StorageFailed(f"Failed to store {storage.record_kind} at directory: {directory}")
+    reason = exc.strerror or f"error {exc.errno}"
+    return StorageFailed(
+        f"Failed to store {storage.record_kind} at directory: {directory}: {reason}"
+    )
 
 
 def _remove(path: str, dir_fd: int | None = None) -> None:

@@ -132,16 +132,28 @@ class RunningServer:
 
 
 def start_server(
-    root: Path, extra: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    root: Path,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
 ) -> RunningServer:
-    """Start ``lightspeed-collector serve`` on a free loopback port and wait until ready."""
+    """Start ``lightspeed-collector serve`` on a free loopback port and wait until ready;
+    ``prefix`` goes before the command (``unprivileged()``, to run as another user)."""
     root.mkdir(parents=True, exist_ok=True)
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(merge(base_settings(root), extra or {})))
     log_path = root / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "lightspeed_collector", "serve", "-c", str(config_path)],
+            [
+                *(prefix or []),
+                sys.executable,
+                "-m",
+                "lightspeed_collector",
+                "serve",
+                "-c",
+                str(config_path),
+            ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=root,

@@ -229,7 +229,9 @@ def test_other_failures_name_the_directory_never_the_content(roots: tuple[Path, 
     with pytest.raises(StorageFailed) as caught:
         sink.write(record)
 
-    assert caught.value.cause == f"Failed to store feedback at directory: {roots[0]}"
+    assert caught.value.cause == (
+        f"Failed to store feedback at directory: {roots[0]}: Input/output error"
+    )
     assert "secret" not in str(caught.value)
     assert all_files(roots[0]) == []
 
