@@ -35,6 +35,10 @@ _R = TypeVar("_R")
 # An empty folder older than this is left over from an interrupted cleanup and removed; a
 # younger one may be one the sink has just created for a record it is about to write.
 STALE_EMPTY_DIR_SECONDS = 600.0
+# A temporary file (``.<id>.tmp``) lives for the milliseconds of one write; one this old was
+# left by a writer that died mid-write. Its client was never told it was stored, and it
+# would otherwise keep what a user typed, and count against the storage cap, for good.
+STALE_TEMP_FILE_SECONDS = 600.0
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # Threads removing sources. On a 2-core machine whose disk discards freed blocks, 12,000
 # unlinks took 1.10 s on one thread, 0.40 s on 4, 0.25 s on 16, and no less on 64.
@@ -77,7 +81,8 @@ def scan(
     """Every finished record under ``storages``, feedback first, in directory order.
 
     Folders in ``exclude`` (the collector's own state folder, should it sit inside a storage
-    root) are skipped. Empty folders left behind long ago are pruned on the way.
+    root) are skipped. Empty folders and temporary files left behind long ago are removed
+    on the way.
     """
     excluded = {os.path.realpath(path) for path in exclude}
     for storage in storages:
@@ -96,6 +101,7 @@ def _walk(
         # A record that could be sent but not removed would be sent again every cycle.
         removable = os.access(directory, os.W_OK | os.X_OK)
         held_back = 0
+        stale_temps = 0
         try:
             entries = os.scandir(directory)
         except FileNotFoundError:
@@ -123,8 +129,21 @@ def _walk(
                             yield SourceFile(storage, entry.path, f"{member_dir}/{entry.name}")
                         else:
                             held_back += 1
+                    elif (
+                        entry.name.startswith(".")
+                        and entry.name.endswith(".tmp")
+                        and removable
+                        and _remove_if_stale(entry, wall_clock())
+                    ):
+                        stale_temps += 1
                 except OSError:
                     continue
+        if stale_temps:
+            log.info(
+                "removed %d temporary files in %s left by writes that never finished",
+                stale_temps,
+                directory,
+            )
         if held_back:
             log.warning(
                 "%d records in %s are not exported: this process may not remove files there, "
@@ -134,6 +153,14 @@ def _walk(
             )
         if not seen_any and directory != storage.root:
             _prune_if_stale(directory, wall_clock())
+
+
+def _remove_if_stale(entry: os.DirEntry[str], now: float) -> bool:
+    info = entry.stat(follow_symlinks=False)
+    if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < STALE_TEMP_FILE_SECONDS:
+        return False
+    os.unlink(entry.path)
+    return True
 
 
 def _prune_if_stale(directory: str, now: float) -> None:

@@ -30,6 +30,7 @@ from lightspeed_collector.collector.journal import Journal
 from lightspeed_collector.collector.lock import CollectorLock
 from lightspeed_collector.collector.scan import (
     STALE_EMPTY_DIR_SECONDS,
+    STALE_TEMP_FILE_SECONDS,
     OpenedFile,
     SourceFile,
     Storage,
@@ -317,6 +318,33 @@ def test_the_last_cycle_waits_no_longer_than_the_age_nor_past_the_stop(world: Wo
 
     assert world.clock.sleeps == []
     assert report.records_too_recent == 2 and set(world.on_disk()) == {ahead, fresh}
+
+
+def test_temporary_files_left_by_a_dead_writer_are_removed_once_stale(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write takes milliseconds; a temporary file ten minutes old lost its writer, and
+    would keep what a user typed, unsent and counted against the cap, for good."""
+    member = world.transcript("conv-1")
+    folder = world.transcripts / USER / "conv-1"
+    abandoned = folder / f".{uuid.uuid4()}.tmp"
+    abandoned.write_bytes(b'{"half": "a rec')
+    in_progress = world.feedback / f".{uuid.uuid4()}.tmp"
+    in_progress.write_bytes(b'{"being": "writ')
+    long_ago = time.time() - STALE_TEMP_FILE_SECONDS - 60
+    os.utime(abandoned, (long_ago, long_ago))
+    not_ours = world.feedback / ".notes.txt"
+    not_ours.write_bytes(b"keep")
+    os.utime(not_ours, (long_ago, long_ago))
+    exporter = ScriptedExporter()
+
+    with caplog.at_level(logging.INFO, logger="lightspeed_collector.collector"):
+        world.collector(exporter).run_cycle()
+
+    assert set(exporter.records()) == {member}
+    assert not abandoned.exists()
+    assert in_progress.exists() and not_ours.exists()
+    assert f"removed 1 temporary files in {folder}" in caplog.text
 
 
 def test_a_state_folder_inside_a_storage_root_is_never_packed(world: World) -> None:
