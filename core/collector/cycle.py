@@ -72,6 +72,7 @@ log = logging.getLogger("lightspeed_collector.collector")
 
 SETTINGS_PATH = "user_data_collection.data_collector"
 _IMPLAUSIBLY_FAR_AHEAD_NS = 24 * 3600 * 1_000_000_000
+_UNREADABLE_EXAMPLES = 5
 
 ExportedCallback = Callable[[Archive, Receipt], None]
 
@@ -146,6 +147,24 @@ class CollectorSettings:
 
 
 @dataclass
+class UnreadableRecords:
+    """How many records of a scan could not be read, and the first few with why."""
+
+    count: int = 0
+    examples: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path: str, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < _UNREADABLE_EXAMPLES:
+            self.examples.append((path, reason))
+
+    def describe(self) -> str:
+        shown = "; ".join(f"{path} ({why})" for path, why in self.examples)
+        more = self.count - len(self.examples)
+        return f"{shown}; and {more} more" if more else shown
+
+
+@dataclass
 class CycleReport:
     skipped: bool = False
     records_packed: int = 0
@@ -160,6 +179,9 @@ class CycleReport:
     records_too_recent: int = 0
     """Records left in the storage because they were modified too recently to be sure their
     writer had finished; a later cycle takes them."""
+    unreadable: UnreadableRecords = field(default_factory=UnreadableRecords)
+    """Records that are there but could not be read (no permission, a name too long, a disk
+    error); they stay in the storage, and every cycle reports them again."""
     misconfigured: str | None = None
     """The setting to check when the receiver or the exporter reported a configuration
     problem; the exit status of ``export`` is 2 then."""
@@ -188,6 +210,10 @@ class CycleReport:
         if self.records_too_recent:
             parts.append(
                 f"{_plural(self.records_too_recent, 'record')} too recent, left for the next cycle"
+            )
+        if self.unreadable.count:
+            parts.append(
+                f"{_plural(self.unreadable.count, 'record')} unreadable, left in the storage"
             )
         if self.misconfigured:
             parts.append(f"stopped by a configuration problem ({self.misconfigured})")
@@ -336,6 +362,15 @@ class Collector:
     # -- packing ---------------------------------------------------------------------------
 
     def _pack(self, report: CycleReport, *, last: bool) -> None:
+        self._pack_all(report, last=last)
+        if report.unreadable.count:
+            log.warning(
+                "%s could not be read and stay in the storage: %s",
+                _plural(report.unreadable.count, "record"),
+                report.unreadable.describe(),
+            )
+
+    def _pack_all(self, report: CycleReport, *, last: bool) -> None:
         youngest_ns = self._pack_settled(report)
         if youngest_ns is None or not last:
             return
@@ -371,6 +406,9 @@ class Collector:
         check_age = settings.min_record_age_seconds > 0
         youngest_ns: int | None = None
         too_recent = 0
+        # Each scan meets every record still in the storage, so the last one's count is the
+        # cycle's.
+        unreadable = UnreadableRecords()
 
         def records() -> Iterator[SourceFile]:
             found = scan(settings.storages, exclude=[str(settings.state_dir), *roots])
@@ -394,7 +432,11 @@ class Collector:
                     if source is None:
                         exhausted = True
                         break
-                    opened = open_source(source)
+                    try:
+                        opened = open_source(source)
+                    except OSError as exc:
+                        unreadable.add(source.path, exc.strerror or str(exc))
+                        continue
                     if opened is None:
                         continue
                     try:
@@ -440,6 +482,7 @@ class Collector:
                 )
                 # The new scan meets the records held back so far again.
                 files, carried, too_recent = records(), None, 0
+                unreadable = UnreadableRecords()
                 continue
             except BaseException:
                 if writer is not None:
@@ -457,6 +500,7 @@ class Collector:
             too_recent,
         )
         report.records_too_recent += too_recent
+        report.unreadable = unreadable
         return youngest_ns
 
     def _new_writer(self) -> ArchiveWriter:

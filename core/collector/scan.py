@@ -12,6 +12,7 @@ folders on the way down, never for the list of files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -179,12 +180,26 @@ class OpenedFile:
     inode: Inode
 
 
+# What opening a listed record answers when it is no longer a plain file by that name:
+# removed, turned into a symlink (``O_NOFOLLOW``), a socket or device, or its folder into a
+# file. Nothing to report: the scan would not offer it now.
+_NO_LONGER_A_RECORD = frozenset(
+    {errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.ENOTDIR}
+)
+
+
 def open_source(source: SourceFile) -> OpenedFile | None:
-    """Open a record for reading, or ``None`` when it vanished or is no longer a plain file."""
+    """Open a record for reading, or ``None`` when it vanished or is no longer a plain file.
+
+    Raises ``OSError`` when the record is there but cannot be read (no permission, a name
+    too long, a disk error): it stays in the storage every cycle, so the caller must say so.
+    """
     try:
         fd = os.open(source.path, _OPEN_FLAGS)
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno in _NO_LONGER_A_RECORD:
+            return None
+        raise
     try:
         info = os.fstat(fd)
     except OSError:

@@ -1,0 +1,103 @@
+"""``lightspeed-collector export --once`` against storage trees that hold more, or other,
+than the records the service writes: the real exporter process, the ingress stub as the
+receiver, real files. Whatever the tree holds, every record is delivered or stays on disk,
+the rest of the backlog still leaves, and the log says what stayed and why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NOBODY, unprivileged
+from tests.export_support import (
+    Stub,
+    archive_records,
+    export_command,
+    start_stub,
+    storage_records,
+    write_export_config,
+)
+
+USER = "a" * 64
+LONG_AGO = 1_000_000_000
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> Iterator[Callable[..., Stub]]:
+    started: list[Stub] = []
+
+    def start(*options: str, name: str = "stub") -> Stub:
+        stub = start_stub(tmp_path / name, *options)
+        started.append(stub)
+        return stub
+
+    yield start
+    for stub in started:
+        stub.stop()
+
+
+def write_record(path: Path, size: int = 0) -> bytes:
+    """A finished record, modified long ago, so its age never holds it back."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    content = json.dumps({"id": path.stem, "text": "x" * size}).encode()
+    path.write_bytes(content)
+    path.chmod(0o600)
+    os.utime(path, (LONG_AGO, LONG_AGO))
+    return content
+
+
+def backlog(data: Path, count: int = 4) -> dict[str, bytes]:
+    """Feedback and transcripts in the layout the service writes, by member name."""
+    records: dict[str, bytes] = {}
+    for _ in range(count):
+        name = f"{uuid.uuid4()}.json"
+        records[f"feedback/{name}"] = write_record(data / "feedback" / name)
+        member = f"transcripts/{USER}/conv-1/{name}"
+        records[member] = write_record(data / "transcripts" / USER / "conv-1" / name)
+    return records
+
+
+def delivered(stub: Stub) -> dict[str, bytes]:
+    records: dict[str, bytes] = {}
+    for upload in stub.uploads():
+        found, _ = archive_records(Path(upload["stored_as"]))
+        assert not set(found) & set(records), "a record was delivered twice"
+        records.update(found)
+    return records
+
+
+def test_a_record_that_cannot_be_read_is_reported_and_the_rest_still_leave(
+    shared_tmp: Path, stubs: Callable[..., Stub]
+) -> None:
+    data = shared_tmp / "data"
+    originals = backlog(data)
+    locked = data / "feedback" / f"{uuid.uuid4()}.json"
+    locked_content = write_record(locked)
+    stub = stubs()
+    config = write_export_config(shared_tmp, data, stub.url)
+    prefix = unprivileged()
+    if prefix:
+        (shared_tmp / "state").mkdir(mode=0o700)
+        for path in [shared_tmp / "state", data, *data.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+    locked.chmod(0)
+
+    for _ in range(2):
+        result = subprocess.run(
+            [*prefix, *export_command(config, "--once")], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"1 record could not be read and stay in the storage: {locked}" in result.stderr
+        assert "Permission denied" in result.stderr
+        assert "1 record unreadable, left in the storage" in result.stderr
+
+    assert delivered(stub) == originals
+    locked.chmod(0o600)
+    assert storage_records(data) == {f"feedback/{locked.name}": locked_content}
