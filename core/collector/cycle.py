@@ -550,8 +550,23 @@ class Collector:
     def _quarantine_record(
         self, source: SourceFile, size: int, report: CycleReport, *, compressed: bool = False
     ) -> None:
-        target = self.outbox.quarantine_record(source.path, source.member)
         what = "compresses to" if compressed else "is"
+        try:
+            target = self.outbox.quarantine_record(source.path, source.member)
+        except OSError as exc:
+            # Typically a state volume too small for the record. It stays where it is, and
+            # the rest of the backlog still leaves.
+            log.warning(
+                "record %s %s %d bytes, more than %s.max_archive_bytes (%d), and could not "
+                "be moved to quarantine (%s); it stays in the storage",
+                source.member,
+                what,
+                size,
+                SETTINGS_PATH,
+                self.settings.max_archive_bytes,
+                exc.strerror or exc,
+            )
+            return
         log.warning(
             "record %s %s %d bytes, more than %s.max_archive_bytes (%d): moved to %s; it "
             "will not be exported",

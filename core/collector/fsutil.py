@@ -79,12 +79,18 @@ def move_file(source: Path, target: Path) -> None:
         if exc.errno != errno.EXDEV:
             raise
     partial = target.with_name(f".{target.name}.part")
-    with source.open("rb") as reader, partial.open("wb") as writer:
-        os.fchmod(writer.fileno(), FILE_MODE)
-        shutil.copyfileobj(reader, writer, _COPY_CHUNK)
-        writer.flush()
-        os.fsync(writer.fileno())
-    os.rename(partial, target)
+    try:
+        with source.open("rb") as reader, partial.open("wb") as writer:
+            os.fchmod(writer.fileno(), FILE_MODE)
+            shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.rename(partial, target)
+    except BaseException:
+        # A copy that did not fit would otherwise keep the target volume full for good.
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
     fsync_dir(target.parent)
     source.unlink()
     fsync_dir(source.parent)

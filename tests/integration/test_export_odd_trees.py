@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,6 +42,26 @@ def stubs(tmp_path: Path) -> Iterator[Callable[..., Stub]]:
     yield start
     for stub in started:
         stub.stop()
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB filesystem of its own (a tmpfs), for a state folder on another volume than
+    the storage, and one that fills up."""
+    folder = tmp_path / "small-volume"
+    folder.mkdir()
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a filesystem needs root and mount(8)")
+    mounted = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def write_record(path: Path, size: int = 0) -> bytes:
@@ -101,3 +122,34 @@ def test_a_record_that_cannot_be_read_is_reported_and_the_rest_still_leave(
     assert delivered(stub) == originals
     locked.chmod(0o600)
     assert storage_records(data) == {f"feedback/{locked.name}": locked_content}
+
+
+def test_a_record_too_large_even_for_the_quarantine_stays_and_the_rest_still_leave(
+    tmp_path: Path, small_volume: Path, stubs: Callable[..., Stub]
+) -> None:
+    """Quarantine is a copy when the state folder is another volume; one that does not fit
+    must neither stop the backlog nor leave a partial copy filling the state volume."""
+    data = tmp_path / "data"
+    originals = backlog(data)
+    huge = data / "feedback" / f"{uuid.uuid4()}.json"
+    with huge.open("wb") as sparse:
+        sparse.truncate(8 * 1024 * 1024)
+    os.utime(huge, (LONG_AGO, LONG_AGO))
+    stub = stubs()
+    config = write_export_config(
+        tmp_path, data, stub.url, state_dir=small_volume / "state", max_archive_bytes=1024 * 1024
+    )
+
+    for _ in range(2):
+        result = subprocess.run(
+            export_command(config, "--once"), capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"record feedback/{huge.name} is 8388608 bytes" in result.stderr
+        assert "could not be moved to quarantine (No space left on device)" in result.stderr
+
+    assert delivered(stub) == originals
+    assert os.listdir(data / "feedback") == [huge.name]
+    assert huge.stat().st_size == 8 * 1024 * 1024
+    assert not [path for path in small_volume.rglob("*") if path.name.endswith(".part")]
