@@ -68,7 +68,10 @@ class CollectorLock:
             for root in self._roots:
                 try:
                     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                except FileNotFoundError:
+                except OSError as exc:
+                    # Gone, no longer a folder, or not readable: the scan cannot list it
+                    # either, so there is nothing in it to guard (the scan reports it).
+                    log.debug("cannot lock storage folder %s (%s)", root, exc.strerror or exc)
                     continue
                 held.append(fd)
                 try:

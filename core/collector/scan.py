@@ -88,6 +88,11 @@ def scan(
     excluded = {os.path.realpath(path) for path in exclude}
     for storage in storages:
         if not os.path.isdir(storage.root):
+            if os.path.lexists(storage.root):
+                log.warning(
+                    "storage folder %s is not a folder any more; nothing is exported from it",
+                    storage.root,
+                )
             continue
         yield from _walk(storage, excluded, wall_clock)
 

@@ -711,6 +711,27 @@ def test_a_storage_folder_is_locked_even_for_a_collector_with_its_own_state(
     assert world.on_disk() == originals
 
 
+def test_a_storage_folder_replaced_by_a_file_does_not_stop_the_other_storage_or_the_outbox(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The configuration is checked at start; at run time, a storage folder may become
+    anything. What else is stored, and what waits in the outbox, must still leave."""
+    first = fill(world, 6)
+    exporter = ScriptedExporter([ExportFailed("refused", status=400)])
+    world.collector(exporter).run_cycle()
+    assert len(world.ready()) == 1
+    world.feedback.rename(world.root / "feedback-elsewhere")
+    world.feedback.write_bytes(b"not a folder")
+    later = world.transcript("conv-9")
+
+    with caplog.at_level(logging.WARNING, logger="lightspeed_collector.collector"):
+        report = world.collector(exporter).run_cycle()
+
+    assert exporter.records() == {**first, later: exporter.records()[later]}
+    assert report.archives_sent == 2 and world.ready() == []
+    assert f"storage folder {world.feedback} is not a folder" in caplog.text
+
+
 def test_a_cycle_waits_for_the_lock_when_told_to(world: World) -> None:
     originals = fill(world, 3)
     world.state.mkdir()
