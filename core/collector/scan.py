@@ -58,6 +58,19 @@ class Storage:
     folder: str
     root: str
 
+    @property
+    def record_layout(self) -> str:
+        """Where records lie below the root, as the receiver expects them in an archive."""
+        return _RECORD_LAYOUTS[self.folder]
+
+    @property
+    def record_depth(self) -> int:
+        """How many folders below the root records lie."""
+        return self.record_layout.count("/")
+
+
+_RECORD_LAYOUTS = {"feedback": "<id>.json", "transcripts": "<user>/<conversation>/<id>.json"}
+_MISPLACED_EXAMPLES = 3
 
 Inode = int
 """A file's inode number: a file renamed over a packed record (the way records are written
@@ -100,9 +113,16 @@ def scan(
 def _walk(
     storage: Storage, excluded: set[str], wall_clock: Callable[[], float]
 ) -> Iterator[SourceFile]:
-    stack: list[tuple[str, str]] = [(storage.root, storage.folder)]
+    """The records of one storage: files at the layout's depth only. A ``*.json`` file
+    elsewhere (a folder of another service's storage nested in this one, a file dropped by
+    hand) is no record this service wrote, and its member name would be one the receiver
+    does not expect: it is left alone, and reported."""
+    stack: list[tuple[str, str, int]] = [(storage.root, storage.folder, 0)]
+    misplaced = 0
+    misplaced_examples: list[str] = []
     while stack:
-        directory, member_dir = stack.pop()
+        directory, member_dir, depth = stack.pop()
+        in_layout = depth == storage.record_depth
         seen_any = False
         # A record that could be sent but not removed would be sent again every cycle.
         removable = os.access(directory, os.W_OK | os.X_OK)
@@ -125,18 +145,23 @@ def _walk(
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         if entry.path not in excluded:
-                            stack.append((entry.path, f"{member_dir}/{entry.name}"))
+                            stack.append((entry.path, f"{member_dir}/{entry.name}", depth + 1))
                     elif (
                         entry.name.endswith(".json")
                         and not entry.name.startswith(".")
                         and entry.is_file(follow_symlinks=False)
                     ):
-                        if removable:
+                        if not in_layout:
+                            misplaced += 1
+                            if len(misplaced_examples) < _MISPLACED_EXAMPLES:
+                                misplaced_examples.append(entry.path)
+                        elif removable:
                             yield SourceFile(storage, entry.path, f"{member_dir}/{entry.name}")
                         else:
                             held_back += 1
                     elif (
-                        entry.name.startswith(".")
+                        in_layout
+                        and entry.name.startswith(".")
                         and entry.name.endswith(".tmp")
                         and removable
                         and _remove_if_stale(entry, wall_clock())
@@ -157,8 +182,18 @@ def _walk(
                 held_back,
                 directory,
             )
-        if not seen_any and directory != storage.root:
+        if not seen_any and 0 < depth <= storage.record_depth:
             _prune_if_stale(directory, wall_clock())
+    if misplaced:
+        more = misplaced - len(misplaced_examples)
+        log.warning(
+            "%s named *.json in %s not where its records lie (%s), not exported: %s%s",
+            f"{misplaced} file" if misplaced == 1 else f"{misplaced} files",
+            storage.root,
+            storage.record_layout,
+            ", ".join(misplaced_examples),
+            f" and {more} more" if more else "",
+        )
 
 
 def _remove_if_stale(entry: os.DirEntry[str], now: float) -> bool:

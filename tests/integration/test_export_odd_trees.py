@@ -153,3 +153,34 @@ def test_a_record_too_large_even_for_the_quarantine_stays_and_the_rest_still_lea
     assert os.listdir(data / "feedback") == [huge.name]
     assert huge.stat().st_size == 8 * 1024 * 1024
     assert not [path for path in small_volume.rglob("*") if path.name.endswith(".part")]
+
+
+def test_json_files_outside_the_record_layout_are_left_alone_and_reported(
+    tmp_path: Path, stubs: Callable[..., Stub]
+) -> None:
+    """The receiver expects ``feedback/<id>.json`` and
+    ``transcripts/<user>/<conversation>/<id>.json``; a file anywhere else is no record of
+    this service (another storage nested in this one, a file dropped by hand)."""
+    data = tmp_path / "data"
+    originals = backlog(data)
+    misplaced = [
+        data / "feedback" / "nested" / "a.json",
+        data / "transcripts" / "b.json",
+        data / "transcripts" / USER / "c.json",
+        data / "transcripts" / USER / "conv-1" / "deeper" / "d.json",
+    ]
+    contents = {path: write_record(path) for path in misplaced}
+    stub = stubs()
+    config = write_export_config(tmp_path, data, stub.url)
+
+    result = subprocess.run(
+        export_command(config, "--once"), capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert delivered(stub) == originals
+    assert {path: path.read_bytes() for path in misplaced} == contents
+    feedback_warning = f"1 file named *.json in {data / 'feedback'} not where its records lie"
+    assert feedback_warning in result.stderr
+    assert f"3 files named *.json in {data / 'transcripts'} not where" in result.stderr
+    assert str(misplaced[0]) in result.stderr
