@@ -7,6 +7,12 @@ also covers collectors that share the storage but not the state folder. Filesyst
 cannot lock a directory (NFS emulates ``flock`` with byte-range locks, which need a writable
 handle) fall back to the state-folder lock alone.
 
+Storage roots of two services may nest (one's feedback folder inside the other's
+transcripts folder): files below the inner root are then records to both. So each folder
+above a root is locked too, shared: the collector of an outer root, which locks it
+exclusively, and the collector of an inner one exclude each other, while collectors of
+side-by-side folders, sharing only their common parents, do not.
+
 The kernel drops the locks when the process dies, however it dies, so a killed collector
 never leaves a stale lock.
 """
@@ -40,6 +46,9 @@ class CollectorLock:
     ) -> None:
         self.path = state_dir / LOCK_FILE
         self._roots = sorted(storage_roots)
+        self._parents = sorted(
+            {parent for root in self._roots for parent in _parents(root)} - set(self._roots)
+        )
         self._clock = clock
         self._sleep = sleep
 
@@ -65,26 +74,11 @@ class CollectorLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             held.append(fd)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            for root in self._roots:
-                try:
-                    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                except OSError as exc:
-                    # Gone, no longer a folder, or not readable: the scan cannot list it
-                    # either, so there is nothing in it to guard (the scan reports it).
-                    log.debug("cannot lock storage folder %s (%s)", root, exc.strerror or exc)
-                    continue
-                held.append(fd)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as exc:
-                    if exc.errno not in _UNSUPPORTED:
-                        raise
-                    log.debug(
-                        "cannot lock storage folder %s (%s); relying on %s",
-                        root,
-                        exc.strerror,
-                        self.path,
-                    )
+            for folder, mode in [
+                *((root, fcntl.LOCK_EX) for root in self._roots),
+                *((parent, fcntl.LOCK_SH) for parent in self._parents),
+            ]:
+                self._lock_folder(folder, mode, held)
         except BlockingIOError:
             for fd in held:
                 os.close(fd)
@@ -94,3 +88,28 @@ class CollectorLock:
                 os.close(fd)
             raise
         return held
+
+    def _lock_folder(self, folder: str, mode: int, held: list[int]) -> None:
+        """Lock ``folder`` through its handle (appended to ``held``); raises
+        ``BlockingIOError`` when another collector holds a conflicting lock."""
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            # Gone, no longer a folder, or not readable: a storage root the scan cannot
+            # list either (the scan reports it), or a parent this user may not read.
+            log.debug("cannot lock folder %s (%s)", folder, exc.strerror or exc)
+            return
+        held.append(fd)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED:
+                raise
+            log.debug("cannot lock folder %s (%s); relying on %s", folder, exc.strerror, self.path)
+
+
+def _parents(path: str) -> Iterator[str]:
+    """Every folder above ``path``, up to the filesystem's root."""
+    while (parent := os.path.dirname(path)) != path:
+        yield parent
+        path = parent

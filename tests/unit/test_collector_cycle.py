@@ -711,6 +711,33 @@ def test_a_storage_folder_is_locked_even_for_a_collector_with_its_own_state(
     assert world.on_disk() == originals
 
 
+def test_collectors_whose_storage_folders_nest_exclude_each_other(
+    world: World, tmp_path: Path
+) -> None:
+    """Another service's feedback folder inside this one's transcripts folder, each with its
+    own state folder: the same files are records to both, so the two cycles must not run
+    at once, whichever holds its locks first. Collectors of side-by-side folders still do."""
+    fill(world, 6)
+    nested = os.path.realpath(world.transcripts / USER / "conv-1")
+    side_by_side = tmp_path / "data" / "other-feedback"
+    side_by_side.mkdir()
+    for other_state, other_root, skipped in (
+        (tmp_path / "nested-state", nested, True),
+        (tmp_path / "outer-state", os.path.realpath(tmp_path / "data"), True),
+        (tmp_path / "side-state", str(side_by_side), False),
+    ):
+        other_state.mkdir()
+        with CollectorLock(other_state, [other_root]).hold(0) as held:
+            assert held
+            report = world.collector(ScriptedExporter()).run_cycle()
+        assert report.skipped is skipped, other_root
+    assert world.on_disk() == {}
+    with world.collector(ScriptedExporter()).lock.hold(0) as held:
+        assert held
+        with CollectorLock(tmp_path / "nested-state", [nested]).hold(0) as other_held:
+            assert not other_held
+
+
 def test_a_storage_folder_replaced_by_a_file_does_not_stop_the_other_storage_or_the_outbox(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
