@@ -41,6 +41,7 @@ STALE_EMPTY_DIR_SECONDS = 600.0
 # would otherwise keep what a user typed, and count against the storage cap, for good.
 STALE_TEMP_FILE_SECONDS = 600.0
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # Threads removing sources. On a 2-core machine whose disk discards freed blocks, 12,000
 # unlinks took 1.10 s on one thread, 0.40 s on 4, 0.25 s on 16, and no less on 64.
 REMOVE_WORKERS = 16
@@ -84,6 +85,11 @@ class SourceFile:
     storage: Storage
     path: str
     member: str
+    folder_fd: int
+    """The scan's handle of the record's folder, open while the scan is in that folder:
+    the record is opened through it, so a folder on its path swapped for a symlink since it
+    was listed cannot lead the read elsewhere."""
+    name: str
 
 
 def scan(
@@ -117,11 +123,15 @@ def _walk(
     elsewhere (a folder of another service's storage nested in this one, a file dropped by
     hand) is no record this service wrote, and its member name would be one the receiver
     does not expect: it is left alone, and reported."""
-    stack: list[tuple[str, str, int]] = [(storage.root, storage.folder, 0)]
+    # Each folder to walk with the identity (device, inode) it had when its parent was
+    # listed; the root, resolved once, has none to check.
+    stack: list[tuple[str, str, int, tuple[int, int] | None]] = [
+        (storage.root, storage.folder, 0, None)
+    ]
     misplaced = 0
     misplaced_examples: list[str] = []
     while stack:
-        directory, member_dir, depth = stack.pop()
+        directory, member_dir, depth, identity = stack.pop()
         in_layout = depth == storage.record_depth
         seen_any = False
         # A record that could be sent but not removed would be sent again every cycle.
@@ -129,7 +139,7 @@ def _walk(
         held_back = 0
         stale_temps = 0
         try:
-            entries = os.scandir(directory)
+            folder_fd = _open_listed_folder(directory, identity)
         except FileNotFoundError:
             continue  # pruned while we walked
         except OSError as exc:
@@ -139,36 +149,70 @@ def _walk(
                 exc.strerror or exc,
             )
             continue
-        with entries:
-            for entry in entries:
-                seen_any = True
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if entry.path not in excluded:
-                            stack.append((entry.path, f"{member_dir}/{entry.name}", depth + 1))
-                    elif (
-                        entry.name.endswith(".json")
-                        and not entry.name.startswith(".")
-                        and entry.is_file(follow_symlinks=False)
-                    ):
-                        if not in_layout:
-                            misplaced += 1
-                            if len(misplaced_examples) < _MISPLACED_EXAMPLES:
-                                misplaced_examples.append(entry.path)
-                        elif removable:
-                            yield SourceFile(storage, entry.path, f"{member_dir}/{entry.name}")
-                        else:
-                            held_back += 1
-                    elif (
-                        in_layout
-                        and entry.name.startswith(".")
-                        and entry.name.endswith(".tmp")
-                        and removable
-                        and _remove_if_stale(entry, wall_clock())
-                    ):
-                        stale_temps += 1
-                except OSError:
-                    continue
+        if folder_fd is None:
+            log.warning(
+                "%s was replaced since it was listed (by a symlink, say); it is not followed",
+                directory,
+            )
+            continue
+        try:
+            entries = os.scandir(folder_fd)
+        except OSError as exc:
+            os.close(folder_fd)
+            log.warning(
+                "cannot list %s (%s); records below it are not exported",
+                directory,
+                exc.strerror or exc,
+            )
+            continue
+        try:
+            with entries:
+                for entry in entries:
+                    seen_any = True
+                    path = os.path.join(directory, entry.name)
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if path not in excluded:
+                                info = entry.stat(follow_symlinks=False)
+                                stack.append(
+                                    (
+                                        path,
+                                        f"{member_dir}/{entry.name}",
+                                        depth + 1,
+                                        (info.st_dev, info.st_ino),
+                                    )
+                                )
+                        elif (
+                            entry.name.endswith(".json")
+                            and not entry.name.startswith(".")
+                            and entry.is_file(follow_symlinks=False)
+                        ):
+                            if not in_layout:
+                                misplaced += 1
+                                if len(misplaced_examples) < _MISPLACED_EXAMPLES:
+                                    misplaced_examples.append(path)
+                            elif removable:
+                                yield SourceFile(
+                                    storage,
+                                    path,
+                                    f"{member_dir}/{entry.name}",
+                                    folder_fd,
+                                    entry.name,
+                                )
+                            else:
+                                held_back += 1
+                        elif (
+                            in_layout
+                            and entry.name.startswith(".")
+                            and entry.name.endswith(".tmp")
+                            and removable
+                            and _remove_if_stale(entry, folder_fd, wall_clock())
+                        ):
+                            stale_temps += 1
+                    except OSError:
+                        continue
+        finally:
+            os.close(folder_fd)
         if stale_temps:
             log.info(
                 "removed %d temporary files in %s left by writes that never finished",
@@ -196,11 +240,25 @@ def _walk(
         )
 
 
-def _remove_if_stale(entry: os.DirEntry[str], now: float) -> bool:
+def _open_listed_folder(path: str, identity: tuple[int, int] | None) -> int | None:
+    """A handle of the folder at ``path``, or ``None`` when it is no longer the folder its
+    parent listed (``identity``): a folder on the way swapped for a symlink since would
+    lead elsewhere, out of the storage even."""
+    flags = _FOLDER_FLAGS if identity is None else _FOLDER_FLAGS | os.O_NOFOLLOW
+    fd = os.open(path, flags)
+    if identity is not None:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != identity:
+            os.close(fd)
+            return None
+    return fd
+
+
+def _remove_if_stale(entry: os.DirEntry[str], folder_fd: int, now: float) -> bool:
     info = entry.stat(follow_symlinks=False)
     if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < STALE_TEMP_FILE_SECONDS:
         return False
-    os.unlink(entry.path)
+    os.unlink(entry.name, dir_fd=folder_fd)
     return True
 
 
@@ -235,7 +293,7 @@ def open_source(source: SourceFile) -> OpenedFile | None:
     too long, a disk error): it stays in the storage every cycle, so the caller must say so.
     """
     try:
-        fd = os.open(source.path, _OPEN_FLAGS)
+        fd = os.open(source.name, _OPEN_FLAGS, dir_fd=source.folder_fd)
     except OSError as exc:
         if exc.errno in _NO_LONGER_A_RECORD:
             return None
@@ -383,21 +441,66 @@ class SourceRemover:
         removed = 0
         folders: set[str] = set()
         kept: list[tuple[str, str]] = []
-        for path, inode in files:
-            folders.add(os.path.dirname(path))
-            try:
-                if inode is not None and os.lstat(path).st_ino != inode:
-                    kept.append((path, "it was replaced after it was packed"))
+        # Files come folder by folder; each folder is opened once, through its handle.
+        current, folder_fd, folder_problem = "", -1, ""
+        try:
+            for path, inode in files:
+                folder, name = os.path.split(path)
+                folders.add(folder)
+                if folder != current:
+                    if folder_fd >= 0:
+                        os.close(folder_fd)
+                    current, folder_fd, folder_problem = folder, *self._open_folder(folder)
+                if folder_fd < 0:
+                    if folder_problem:
+                        kept.append((path, folder_problem))
                     continue
-                os.unlink(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                kept.append((path, exc.strerror or str(exc)))
-                continue
-            removed += 1
+                try:
+                    if inode is not None and os.lstat(name, dir_fd=folder_fd).st_ino != inode:
+                        kept.append((path, "it was replaced after it was packed"))
+                        continue
+                    os.unlink(name, dir_fd=folder_fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    kept.append((path, exc.strerror or str(exc)))
+                    continue
+                removed += 1
+        finally:
+            if folder_fd >= 0:
+                os.close(folder_fd)
         pruned, survivors = self._prune(folders)
         return removed, pruned, survivors, kept
+
+    def _open_folder(self, folder: str) -> tuple[int, str]:
+        """A handle of ``folder`` reached from its storage root without following a
+        symlink, and ``""``; or ``-1`` and why not (``""`` when it is simply gone). A
+        folder on the way swapped for a symlink since packing would otherwise make the
+        removal delete files of the same names wherever it leads."""
+        root = next((r for r in self._roots if folder == r or folder.startswith(r + os.sep)), None)
+        if root is None:
+            return -1, "it is not inside a storage folder"
+        try:
+            fd = os.open(root, _FOLDER_FLAGS)
+        except FileNotFoundError:
+            return -1, ""
+        except OSError as exc:
+            return -1, exc.strerror or str(exc)
+        reached = root
+        for part in os.path.relpath(folder, root).split(os.sep) if folder != root else ():
+            reached = os.path.join(reached, part)
+            try:
+                inner = os.open(part, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                return -1, ""
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    return -1, f"{reached} is no longer a folder"
+                return -1, exc.strerror or str(exc)
+            finally:
+                os.close(fd)
+            fd = inner
+        return fd, ""
 
     def _prune(self, directories: Iterable[str]) -> tuple[int, set[str]]:
         """Remove whichever of ``directories`` (and their parents) are empty, deepest first,

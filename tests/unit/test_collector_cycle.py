@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import tarfile
 import threading
 import time
@@ -28,6 +29,7 @@ from lightspeed_collector.collector.backoff import StopSignal
 from lightspeed_collector.collector.cycle import Collector, CollectorSettings
 from lightspeed_collector.collector.journal import Journal
 from lightspeed_collector.collector.lock import CollectorLock
+from lightspeed_collector.collector.outbox import Outbox
 from lightspeed_collector.collector.scan import (
     STALE_EMPTY_DIR_SECONDS,
     STALE_TEMP_FILE_SECONDS,
@@ -971,3 +973,65 @@ def test_a_folder_that_cannot_be_listed_is_reported_not_skipped_silently(
     world.collector(exporter).run_cycle()
     assert exporter.records() == originals
     assert "cannot list" in caplog.text and "File name too long" in caplog.text
+
+
+def test_a_folder_swapped_for_a_symlink_during_the_scan_is_not_followed(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may write in the storage could swap a user folder, listed but not yet
+    walked, for a symlink to anywhere; the collector (perhaps more privileged) must not
+    follow it, to read files there or to delete them."""
+    inside = fill(world, 6)
+    other_user = world.transcripts / ("b" * 64)
+    write_finished(other_user / "conv-1" / "kept.json", b'{"kept": true}\n')
+    outside = tmp_path / "outside"
+    secret = outside / "conv-1" / "secret.json"
+    secret.parent.mkdir(parents=True)
+    secret.write_bytes(b'{"secret": "outside every storage"}\n')
+    real_open = cycle_module.open_source
+    swapped: list[Path] = []
+
+    def swap_then_open(source: SourceFile) -> OpenedFile | None:
+        # At the first transcript, the other user's folder is listed but not yet walked.
+        if source.member.startswith("transcripts/") and not swapped:
+            unwalked = other_user if f"/{USER}/" in source.member else world.transcripts / USER
+            unwalked.rename(tmp_path / "parked")
+            unwalked.symlink_to(outside)
+            swapped.append(unwalked)
+        return real_open(source)
+
+    monkeypatch.setattr(cycle_module, "open_source", swap_then_open)
+    exporter = ScriptedExporter()
+    world.collector(exporter).run_cycle()
+
+    assert swapped
+    assert secret.read_bytes() == b'{"secret": "outside every storage"}\n'
+    assert not any(name.endswith("/secret.json") for name in exporter.records())
+    assert set(exporter.records()) <= set(inside) | {f"transcripts/{'b' * 64}/conv-1/kept.json"}
+
+
+def test_a_folder_swapped_for_a_symlink_before_the_sources_go_is_not_followed(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between packing and removal, a user folder swapped for a symlink to a place with the
+    same names must not make the removal delete the files there."""
+    inside = fill(world, 6)
+    outside = tmp_path / "outside"
+    shutil.copytree(world.transcripts / USER, outside)
+    untouched = {path: path.read_bytes() for path in outside.rglob("*.json")}
+    long_ago = time.time() - 3600
+    for path in outside.rglob("*"):
+        os.utime(path, (long_ago, long_ago))
+    real_commit = Outbox.commit
+
+    def commit_then_swap(outbox: Outbox, archive_id: str) -> None:
+        real_commit(outbox, archive_id)
+        (world.transcripts / USER).rename(tmp_path / "parked")
+        (world.transcripts / USER).symlink_to(outside)
+
+    monkeypatch.setattr(Outbox, "commit", commit_then_swap)
+    exporter = ScriptedExporter()
+    world.collector(exporter).run_cycle()
+
+    assert exporter.records() == inside
+    assert {path: path.read_bytes() for path in outside.rglob("*.json")} == untouched
