@@ -84,6 +84,16 @@ class ShortRead(Exception):
         self.member = member
 
 
+class UnreadableMember(Exception):
+    """Reading a record failed part way (a disk error, say). Raised apart from errors in
+    writing the archive, which end packing: this one concerns one record only."""
+
+    def __init__(self, member: str, error: OSError) -> None:
+        super().__init__(f"{member}: {error.strerror or error}")
+        self.member = member
+        self.reason = error.strerror or str(error)
+
+
 class _GzipWriter:
     """A single-member gzip stream onto ``raw``, compressed on a worker thread.
 
@@ -438,12 +448,16 @@ class ArchiveWriter:
 
     def add(self, name: str, size: int, mtime: int, read: Callable[[int], bytes]) -> None:
         """Append a member whose ``size`` bytes come from ``read``; raises ``ShortRead`` if the
-        source ends early (the archive must then be aborted)."""
+        source ends early and ``UnreadableMember`` if reading it fails (the archive must
+        then be aborted)."""
         self._gzip.write(tar_header(name, size, mtime))
         digest = hashlib.sha256()
         remaining = size
         while remaining:
-            chunk = read(min(remaining, _READ_CHUNK))
+            try:
+                chunk = read(min(remaining, _READ_CHUNK))
+            except OSError as exc:
+                raise UnreadableMember(name, exc) from exc
             if not chunk:
                 raise ShortRead(name, remaining)
             digest.update(chunk)

@@ -49,6 +49,7 @@ from .archive import (
     ArchiveWriter,
     BuiltArchive,
     ShortRead,
+    UnreadableMember,
     archive_members,
     manifest_entries,
     manifest_names,
@@ -407,8 +408,10 @@ class Collector:
         youngest_ns: int | None = None
         too_recent = 0
         # Each scan meets every record still in the storage, so the last one's count is the
-        # cycle's.
+        # cycle's; records that failed part way through are left out of later scans, so
+        # they are kept apart.
         unreadable = UnreadableRecords()
+        failed_midway: list[tuple[str, str]] = []
 
         def records() -> Iterator[SourceFile]:
             found = scan(settings.storages, exclude=[str(settings.state_dir), *roots])
@@ -469,17 +472,22 @@ class Collector:
                 if writer is None:
                     break
                 built = writer.finish()
-            except ShortRead as exc:
-                # A record shrank while it was read (something rewrote it in place). What
-                # is in this archive so far is still on disk: start again without it.
-                assert writer is not None
+            except (ShortRead, UnreadableMember) as exc:
+                # A record shrank while it was read (something rewrote it in place), or
+                # reading it failed. What is in this archive so far is still on disk: start
+                # again without it, so one bad record never holds back the rest.
+                assert writer is not None and source is not None
                 writer.abort()
                 changing.add(exc.member)
-                log.warning(
-                    "record %s changed while it was being packed; it is left for the next "
-                    "cycle and the archive is built again without it",
-                    exc.member,
-                )
+                if isinstance(exc, ShortRead):
+                    log.warning(
+                        "record %s changed while it was being packed; it is left for the "
+                        "next cycle and the archive is built again without it",
+                        exc.member,
+                    )
+                else:
+                    failed_midway.append((source.path, exc.reason))
+                    log.debug("archive built again without unreadable record %s", exc.member)
                 # The new scan meets the records held back so far again.
                 files, carried, too_recent = records(), None, 0
                 unreadable = UnreadableRecords()
@@ -500,6 +508,8 @@ class Collector:
             too_recent,
         )
         report.records_too_recent += too_recent
+        for path, reason in failed_midway:
+            unreadable.add(path, reason)
         report.unreadable = unreadable
         return youngest_ns
 

@@ -939,6 +939,35 @@ def test_a_record_that_shrinks_while_read_is_left_and_the_rest_still_go(
     assert list(world.on_disk()) == [victim]
 
 
+def test_a_record_whose_reading_fails_part_way_is_left_and_the_rest_still_go(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk error in the middle of a record cannot be made on a healthy disk; reading a
+    folder's handle fails the same way, with an ``OSError`` from the read itself."""
+    originals = fill(world, 9)
+    victim = sorted(originals)[4]
+    real_open = cycle_module.open_source
+
+    def open_failing_read(source: SourceFile) -> OpenedFile | None:
+        opened = real_open(source)
+        if source.member == victim and opened is not None:
+            os.close(opened.fd)
+            opened.fd = os.open(os.path.dirname(source.path), os.O_RDONLY | os.O_DIRECTORY)
+        return opened
+
+    monkeypatch.setattr(cycle_module, "open_source", open_failing_read)
+    exporter = ScriptedExporter()
+    for _ in range(2):  # and the next cycle is not stopped by it either
+        report = world.collector(exporter).run_cycle()
+        assert report.unreadable.count == 1
+        assert "1 record could not be read and stay in the storage" in caplog.text
+        assert "Is a directory" in caplog.text
+        caplog.clear()
+
+    assert exporter.records() == {k: v for k, v in originals.items() if k != victim}
+    assert list(world.on_disk()) == [victim]
+
+
 def test_a_second_oversized_record_of_the_same_name_never_replaces_the_first(
     world: World,
 ) -> None:
