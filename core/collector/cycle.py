@@ -366,7 +366,7 @@ class Collector:
         self._pack_all(report, last=last)
         if report.unreadable.count:
             log.warning(
-                "%s could not be read and stay in the storage: %s",
+                "%s could not be read, left in the storage: %s",
                 _plural(report.unreadable.count, "record"),
                 report.unreadable.describe(),
             )

@@ -115,7 +115,7 @@ def test_a_record_that_cannot_be_read_is_reported_and_the_rest_still_leave(
             [*prefix, *export_command(config, "--once")], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stderr
-        assert f"1 record could not be read and stay in the storage: {locked}" in result.stderr
+        assert f"1 record could not be read, left in the storage: {locked}" in result.stderr
         assert "Permission denied" in result.stderr
         assert "1 record unreadable, left in the storage" in result.stderr
 

@@ -960,7 +960,7 @@ def test_a_record_whose_reading_fails_part_way_is_left_and_the_rest_still_go(
     for _ in range(2):  # and the next cycle is not stopped by it either
         report = world.collector(exporter).run_cycle()
         assert report.unreadable.count == 1
-        assert "1 record could not be read and stay in the storage" in caplog.text
+        assert "1 record could not be read, left in the storage" in caplog.text
         assert "Is a directory" in caplog.text
         caplog.clear()
 
