@@ -183,10 +183,7 @@ class OpenAIProvider:
     def answer(self, request: QueryRequest) -> Answer:
         model = self._model(request)
         with self._post(self._payload(request, model, stream=False), stream=False) as response:
-            try:
-                body = response.json()
-            except ValueError:
-                raise self._failed("answered with something that is not JSON") from None
+            body = self._decoded(response.content, "an answer")
         return self._completion(body, model)
 
     def stream(self, request: QueryRequest) -> AnswerStream:
@@ -330,10 +327,7 @@ class OpenAIProvider:
                 if data.strip() == "[DONE]":
                     finished = True
                     break
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    raise self._failed("sent a streamed event that is not JSON") from None
+                event = self._decoded(data, "a streamed event")
                 if not isinstance(event, Mapping):
                     continue
                 if event.get("error"):
@@ -371,6 +365,17 @@ class OpenAIProvider:
             output_tokens=output_tokens if usage else produced,
             truncated=truncated,
         )
+
+    def _decoded(self, data: str | bytes, what: str) -> Any:
+        """``data`` parsed as JSON; ``what`` names it in the failure."""
+        try:
+            return json.loads(data)
+        except RecursionError:
+            # Python's parser recurses once per level: a body of a few kilobytes of brackets
+            # exhausts the stack, and that is the server's fault, not the service's.
+            raise self._failed(f"sent {what} of JSON nested too deeply to read") from None
+        except ValueError:
+            raise self._failed(f"sent {what} that is not JSON") from None
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -497,8 +502,8 @@ def _count(value: Any) -> int:
 
 def _json_or_none(response: requests.Response) -> Any:
     try:
-        return response.json()
-    except ValueError:
+        return json.loads(response.content)
+    except (ValueError, RecursionError):
         return None
 
 

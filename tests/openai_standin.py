@@ -21,6 +21,7 @@ a test drives it through the real service:
 ``[surrogate]``    answer with half an emoji: a lone surrogate, sent as a JSON escape
 ``[garbled]``      500 whose error message holds such a lone surrogate
 ``[close-delimited]``  stream without chunked encoding, ending at connection close
+``[nested]``       200 whose body (or first streamed event) is JSON nested far too deeply
 
 When ``expected_key`` is set, a request with another key gets the 401 OpenAI sends, which
 quotes the key it refused, as OpenAI's own does (in part).
@@ -44,6 +45,8 @@ ANSWER_TOKENS = ("Pods ", "are ", "the ", "smallest ", "units.")
 SURROGATE_TOKENS = ("Half ", "an emoji: ", "\ud83d", "!")
 DRIP_TOKENS = 400
 PROMPT_TOKENS = 21
+# Deeper than any JSON parser recurses: Python's stops near a thousand levels.
+NESTING_DEPTH = 100_000
 
 
 @dataclass
@@ -175,6 +178,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(standin.slow_seconds)
             self.wfile.write(data[20:])
             return None
+        if "[nested]" in text:
+            nested = b"[" * NESTING_DEPTH
+            if body.get("stream"):
+                return self._send(200, b"data: " + nested + b"\n\n", "text/event-stream")
+            return self._send(200, nested, "application/json")
         if "[notjson]" in text:
             return self._send(200, b"<html>gateway says hello</html>", "text/html")
         if body.get("stream"):

@@ -1,0 +1,93 @@
+"""A model server that misbehaves, through a real service: every way of asking (``/v1/query``,
+the event stream and the plain-text stream) gets the documented status, never a 500, a hang
+or a leaked key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import RunningServer
+from tests.openai_standin import StandIn
+
+API_KEY = "sk-test-0123456789abcdef-SECRET"
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    server = StandIn(slow_seconds=2.5).start()
+    yield server
+    server.stop()
+
+
+def openai_server(
+    server_factory: Callable[..., RunningServer], standin: StandIn, **settings: Any
+) -> RunningServer:
+    instance = {
+        "type": "openai",
+        "url": standin.url,
+        "model": "gpt-4o-mini",
+        "timeout_seconds": 1,
+        "api_key": API_KEY,
+        **settings,
+    }
+    return server_factory({"query": {"default_provider": "llm", "providers": {"llm": instance}}})
+
+
+@dataclass
+class Outcome:
+    """What one way of asking answered: the status, the body as text, and the error the
+    client was told about (from the JSON envelope, the ``error`` event or the plain-text
+    ``[error]`` line), if any."""
+
+    way: str
+    status: int
+    text: str
+    error: str | None
+
+
+def ask_every_way(server: RunningServer, query: str) -> list[Outcome]:
+    outcomes = []
+    for way, path, extra in (
+        ("query", "/v1/query", {}),
+        ("events", "/v1/streaming_query", {}),
+        ("plain", "/v1/streaming_query", {"media_type": "text/plain"}),
+    ):
+        response = requests.post(f"{server.url}{path}", json={"query": query, **extra}, timeout=30)
+        outcomes.append(Outcome(way, response.status_code, response.text, _error(response)))
+    return outcomes
+
+
+def _error(response: requests.Response) -> str | None:
+    if response.headers.get("Content-Type", "").startswith("application/json"):
+        detail = response.json().get("detail")
+        return f"{detail['response']}: {detail['cause']}" if detail else None
+    if response.headers.get("Content-Type") == "text/event-stream":
+        for line in response.text.splitlines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                if event["event"] == "error":
+                    return f"{event['data']['response']}: {event['data']['cause']}"
+        return None
+    marker = "\n\n[error] "
+    return response.text.split(marker, 1)[1].strip() if marker in response.text else None
+
+
+def transcript_count(server: RunningServer) -> int:
+    return len(list((server.root / "transcripts").rglob("*.json")))
+
+
+def test_json_nested_too_deeply_is_a_provider_failure_not_a_500(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    server = openai_server(server_factory, standin)
+    for outcome in ask_every_way(server, "[nested] hi"):
+        assert outcome.status == 502, outcome
+        assert outcome.error is not None and "nested too deeply" in outcome.error, outcome
+    assert transcript_count(server) == 0
+    assert "Traceback" not in server.log()
