@@ -334,7 +334,10 @@ class OpenAIProvider:
                     raise self._failed(f"reported an error while streaming: {_error_text(event)}")
                 answered_model = str(event.get("model") or answered_model)
                 usage = event.get("usage") or usage
-                for choice in event.get("choices") or ():
+                choices = event.get("choices") or []
+                if not isinstance(choices, list):
+                    raise self._failed("sent a streamed event whose choices are not a list")
+                for choice in choices:
                     if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                         continue
                     delta = choice.get("delta")

@@ -22,6 +22,7 @@ a test drives it through the real service:
 ``[garbled]``      500 whose error message holds such a lone surrogate
 ``[close-delimited]``  stream without chunked encoding, ending at connection close
 ``[nested]``       200 whose body (or first streamed event) is JSON nested far too deeply
+``[oddchoices]``   a completion (or first streamed event) whose ``choices`` is a number
 
 When ``expected_key`` is set, a request with another key gets the 401 OpenAI sends, which
 quotes the key it refused, as OpenAI's own does (in part).
@@ -183,6 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
             if body.get("stream"):
                 return self._send(200, b"data: " + nested + b"\n\n", "text/event-stream")
             return self._send(200, nested, "application/json")
+        if "[oddchoices]" in text:
+            if body.get("stream"):
+                event = b'data: {"object": "chat.completion.chunk", "choices": 5}\n\n'
+                return self._send(200, event, "text/event-stream")
+            return self._json(200, {"object": "chat.completion", "choices": 5})
         if "[notjson]" in text:
             return self._send(200, b"<html>gateway says hello</html>", "text/html")
         if body.get("stream"):

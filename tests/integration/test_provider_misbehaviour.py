@@ -91,3 +91,14 @@ def test_json_nested_too_deeply_is_a_provider_failure_not_a_500(
         assert outcome.error is not None and "nested too deeply" in outcome.error, outcome
     assert transcript_count(server) == 0
     assert "Traceback" not in server.log()
+
+
+def test_choices_of_the_wrong_type_are_a_provider_failure_not_a_500(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    server = openai_server(server_factory, standin)
+    for outcome in ask_every_way(server, "[oddchoices] hi"):
+        assert outcome.status == 502, outcome
+        assert outcome.error is not None and "choices" in outcome.error, outcome
+    assert transcript_count(server) == 0
+    assert "Traceback" not in server.log()
