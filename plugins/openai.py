@@ -306,7 +306,7 @@ class OpenAIProvider:
         message: Mapping[str, Any] = choice.get("message") or {}
         if not isinstance(message, Mapping):
             raise self._failed("answered with a choice that has no message")
-        tool_calls = message.get("tool_calls")
+        tool_calls = _tool_calls(message.get("tool_calls"))
         input_tokens, output_tokens = _usage(body.get("usage"))
         return Answer(
             text=_text(message.get("content")),
@@ -314,7 +314,7 @@ class OpenAIProvider:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             truncated=choice.get("finish_reason") == "length",
-            tool_calls=tuple(tool_calls) if isinstance(tool_calls, list) and tool_calls else None,
+            tool_calls=tool_calls or None,
         )
 
     def _chunks(self, response: requests.Response, model: str) -> AnswerStream:
@@ -491,6 +491,14 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
     return ""
+
+
+def _tool_calls(calls: Any) -> tuple[Mapping[str, Any], ...]:
+    """The calls that are objects, as OpenAI's are: a transcript records each as one, and a
+    string or a number in the list would make the whole answer unrecordable."""
+    if not isinstance(calls, list):
+        return ()
+    return tuple(call for call in calls if isinstance(call, Mapping))
 
 
 def _usage(usage: Any) -> tuple[int, int]:

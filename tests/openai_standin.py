@@ -23,6 +23,8 @@ a test drives it through the real service:
 ``[close-delimited]``  stream without chunked encoding, ending at connection close
 ``[nested]``       200 whose body (or first streamed event) is JSON nested far too deeply
 ``[oddchoices]``   a completion (or first streamed event) whose ``choices`` is a number
+``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
+                   besides one real call
 
 When ``expected_key`` is set, a request with another key gets the 401 OpenAI sends, which
 quotes the key it refused, as OpenAI's own does (in part).
@@ -46,6 +48,7 @@ ANSWER_TOKENS = ("Pods ", "are ", "the ", "smallest ", "units.")
 SURROGATE_TOKENS = ("Half ", "an emoji: ", "\ud83d", "!")
 DRIP_TOKENS = 400
 PROMPT_TOKENS = 21
+ODD_TOOL_FUNCTION = {"name": "get_pods", "arguments": '{"node": "10.0.3.4"}'}
 # Deeper than any JSON parser recurses: Python's stops near a thousand levels.
 NESTING_DEPTH = 100_000
 
@@ -189,6 +192,15 @@ class _Handler(BaseHTTPRequestHandler):
                 event = b'data: {"object": "chat.completion.chunk", "choices": 5}\n\n'
                 return self._send(200, event, "text/event-stream")
             return self._json(200, {"object": "chat.completion", "choices": 5})
+        if "[oddtools]" in text and not body.get("stream"):
+            call = {"id": "call_1", "type": "function", "function": ODD_TOOL_FUNCTION}
+            message = {
+                "role": "assistant",
+                "content": "Checking.",
+                "tool_calls": ["x", 1, None, call],
+            }
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            return self._json(200, {"object": "chat.completion", "choices": [choice]})
         if "[notjson]" in text:
             return self._send(200, b"<html>gateway says hello</html>", "text/html")
         if body.get("stream"):

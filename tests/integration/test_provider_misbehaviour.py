@@ -102,3 +102,23 @@ def test_choices_of_the_wrong_type_are_a_provider_failure_not_a_500(
         assert outcome.error is not None and "choices" in outcome.error, outcome
     assert transcript_count(server) == 0
     assert "Traceback" not in server.log()
+
+
+def test_tool_calls_that_are_not_objects_are_left_out_not_a_500(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    server = openai_server(server_factory, standin)
+    response = requests.post(f"{server.url}/v1/query", json={"query": "[oddtools] hi"}, timeout=15)
+    assert response.status_code == 200, response.text
+    assert response.json()["response"] == "Checking."
+    [path] = (server.root / "transcripts").rglob("*.json")
+    record = json.loads(path.read_text())
+    # The real call is kept, and redacted like any text the model produced.
+    assert record["tool_calls"] == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_pods", "arguments": '{"node": "[REDACTED_IPV4]"}'},
+        }
+    ]
+    assert "Traceback" not in server.log()
