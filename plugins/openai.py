@@ -62,6 +62,9 @@ _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
 MAX_TIMEOUT_SECONDS = 3600
 # A CA bundle is a few hundred kilobytes; a path to anything else (/dev/zero) is a mistake.
 MAX_CA_FILE_BYTES = 16 * 1024 * 1024
+# A wait the service passes on to its clients is cut to a day: a server asking for longer
+# is broken, and a client should try again some day rather than never.
+MAX_RETRY_AFTER_SECONDS = 86400
 # Upstream error text is passed on to help, but a page of HTML from a proxy helps nobody.
 MAX_UPSTREAM_MESSAGE = 300
 
@@ -538,20 +541,29 @@ def _retry_after(headers: Mapping[str, str]) -> int | None:
     value = headers.get("retry-after")
     if value:
         try:
-            return max(0, math.ceil(float(value)))
+            return _whole_seconds(float(value))
         except ValueError:
             pass
         try:
-            return max(0, math.ceil(parsedate_to_datetime(value).timestamp() - time.time()))
-        except (TypeError, ValueError):
+            return _whole_seconds(parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError, OverflowError):
             pass
     milliseconds = headers.get("retry-after-ms")
     if milliseconds:
         try:
-            return max(0, math.ceil(float(milliseconds) / 1000))
+            return _whole_seconds(float(milliseconds) / 1000)
         except ValueError:
             pass
     return None
+
+
+def _whole_seconds(seconds: float) -> int | None:
+    """``seconds`` rounded up, from 0 to ``MAX_RETRY_AFTER_SECONDS``: ``1e400`` reads as an
+    infinite float, which no integer can hold, and ``1e300`` would be passed on as a header
+    of three hundred digits."""
+    if math.isnan(seconds):
+        return None
+    return math.ceil(min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS))
 
 
 def _reason(exc: BaseException) -> str:

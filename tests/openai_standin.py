@@ -6,7 +6,8 @@ OpenAI-style error bodies. What it does is chosen by a directive in the user's m
 a test drives it through the real service:
 
 ``[length]``       stop for length (``finish_reason: length``)
-``[ratelimit]``    429 with ``Retry-After: 7`` and an OpenAI rate-limit body
+``[ratelimit]``    429 with ``rate_limit_headers`` (``Retry-After: 7``) and an OpenAI
+                   rate-limit body
 ``[error500]``     500 with an OpenAI server-error body
 ``[notfound]``     404, as for an unknown model
 ``[badrequest]``   400, as for a too-long context
@@ -65,6 +66,7 @@ class StandIn:
     expected_key: str | None = None
     slow_seconds: float = 3.0
     drip_interval: float = 0.02
+    rate_limit_headers: dict[str, str] = field(default_factory=lambda: {"Retry-After": "7"})
     requests: list[Recorded] = field(default_factory=list)
     gate: threading.Event = field(default_factory=threading.Event)
     last_token_sent: threading.Event = field(default_factory=threading.Event)
@@ -145,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "min (RPM): Limit 3, Used 3, Requested 1. Please try again in 7s.",
                 "requests",
                 "rate_limit_exceeded",
-                {"Retry-After": "7"},
+                standin.rate_limit_headers,
             )
         if "[error500]" in text:
             return self._error(

@@ -122,3 +122,34 @@ def test_tool_calls_that_are_not_objects_are_left_out_not_a_500(
         }
     ]
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize(
+    ("headers", "passed_on"),
+    [
+        ({"Retry-After": "1e400"}, "86400"),  # infinite as a float
+        ({"Retry-After": "1e300"}, "86400"),
+        ({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, "86400"),
+        ({"Retry-After": "nan"}, None),
+        ({"retry-after-ms": "inf"}, "86400"),
+    ],
+)
+def test_an_absurd_retry_after_is_capped_at_a_day_not_a_500(
+    standin: StandIn,
+    server_factory: Callable[..., RunningServer],
+    headers: dict[str, str],
+    passed_on: str | None,
+) -> None:
+    standin.rate_limit_headers = headers
+    server = openai_server(server_factory, standin)
+    for way, path, extra in (
+        ("query", "/v1/query", {}),
+        ("events", "/v1/streaming_query", {}),
+        ("plain", "/v1/streaming_query", {"media_type": "text/plain"}),
+    ):
+        response = requests.post(
+            f"{server.url}{path}", json={"query": "[ratelimit] hi", **extra}, timeout=15
+        )
+        assert response.status_code == 429, (way, response.text)
+        assert response.headers.get("Retry-After") == passed_on, way
+    assert "Traceback" not in server.log()
