@@ -185,14 +185,17 @@ class OpenAIProvider:
 
     def answer(self, request: QueryRequest) -> Answer:
         model = self._model(request)
-        with self._post(self._payload(request, model, stream=False), stream=False) as response:
+        key = self._key()
+        payload = self._payload(request, model, stream=False)
+        with self._post(payload, key, stream=False) as response:
             body = self._decoded(response.content, "an answer")
-        return self._completion(body, model)
+        return self._completion(body, model, key)
 
     def stream(self, request: QueryRequest) -> AnswerStream:
         model = self._model(request)
-        with self._post(self._payload(request, model, stream=True), stream=True) as response:
-            return (yield from self._chunks(response, model))
+        key = self._key()
+        with self._post(self._payload(request, model, stream=True), key, stream=True) as response:
+            return (yield from self._chunks(response, model, key))
 
     # -- the request ------------------------------------------------------------------------
 
@@ -227,12 +230,11 @@ class OpenAIProvider:
             payload["temperature"] = self.temperature
         return payload
 
-    def _post(self, payload: Mapping[str, Any], stream: bool) -> requests.Response:
+    def _post(self, payload: Mapping[str, Any], key: str | None, stream: bool) -> requests.Response:
         headers = {**self.extra_headers, "Accept": "application/json"}
         if stream:
             # Compressed events would be read raw, and compression defeats streaming anyway.
             headers.update({"Accept": "text/event-stream", "Accept-Encoding": "identity"})
-        key = self._key()
         if key is not None:
             headers[self.key_header] = (
                 f"Bearer {key}" if self.key_header.lower() == "authorization" else key
@@ -297,11 +299,11 @@ class OpenAIProvider:
 
     # -- the answer -------------------------------------------------------------------------
 
-    def _completion(self, body: Any, model: str) -> Answer:
+    def _completion(self, body: Any, model: str, key: str | None) -> Answer:
         if not isinstance(body, Mapping):
             raise self._failed("answered with JSON that is not an object")
         if body.get("error"):
-            raise self._failed(f"answered with an error: {_error_text(body)}")
+            raise self._failed(f"answered with an error: {_upstream_message(body, key)}")
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
             raise self._failed("answered without any choices")
@@ -320,7 +322,7 @@ class OpenAIProvider:
             tool_calls=tool_calls or None,
         )
 
-    def _chunks(self, response: requests.Response, model: str) -> AnswerStream:
+    def _chunks(self, response: requests.Response, model: str, key: str | None) -> AnswerStream:
         answered_model = model
         usage: Any = None
         truncated = finished = False
@@ -334,7 +336,9 @@ class OpenAIProvider:
                 if not isinstance(event, Mapping):
                     continue
                 if event.get("error"):
-                    raise self._failed(f"reported an error while streaming: {_error_text(event)}")
+                    raise self._failed(
+                        f"reported an error while streaming: {_upstream_message(event, key)}"
+                    )
                 answered_model = str(event.get("model") or answered_model)
                 usage = event.get("usage") or usage
                 choices = event.get("choices") or []
@@ -389,11 +393,9 @@ class OpenAIProvider:
         self, response: requests.Response, key: str | None
     ) -> ProviderFailed | ProviderTimeout | RateLimited | ValidationFailed:
         status = response.status_code
-        message = _error_text(_json_or_none(response)) or response.reason or ""
-        if key:
-            # Some servers quote (part of) the key they refused; none of it may leave.
-            message = message.replace(key, "********")
-        message = message[:MAX_UPSTREAM_MESSAGE]
+        message = _upstream_message(_json_or_none(response), key) or _scrubbed(
+            response.reason or "", key
+        )
         log.warning("provider %s: HTTP %s from %s", self.name, status, masked_url(self.endpoint))
         if status == 429:
             return RateLimited(
@@ -519,6 +521,18 @@ def _json_or_none(response: requests.Response) -> Any:
         return json.loads(response.content)
     except (ValueError, RecursionError):
         return None
+
+
+def _upstream_message(body: Any, key: str | None) -> str:
+    """The message of an error body, fit to pass on: some servers quote the key they were
+    sent, and none of it may leave; a page of text from a proxy helps nobody."""
+    return _scrubbed(_error_text(body), key)
+
+
+def _scrubbed(message: str, key: str | None) -> str:
+    if key:
+        message = message.replace(key, "********")
+    return message[:MAX_UPSTREAM_MESSAGE]
 
 
 def _error_text(body: Any) -> str:

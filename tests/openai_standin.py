@@ -24,6 +24,7 @@ a test drives it through the real service:
 ``[close-delimited]``  stream without chunked encoding, ending at connection close
 ``[nested]``       200 whose body (or first streamed event) is JSON nested far too deeply
 ``[oddchoices]``   a completion (or first streamed event) whose ``choices`` is a number
+``[errorbody]``    200 whose body (or second streamed event) is an OpenAI error quoting the key
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
 
@@ -194,6 +195,12 @@ class _Handler(BaseHTTPRequestHandler):
                 event = b'data: {"object": "chat.completion.chunk", "choices": 5}\n\n'
                 return self._send(200, event, "text/event-stream")
             return self._json(200, {"object": "chat.completion", "choices": 5})
+        if "[errorbody]" in text:
+            # Some servers report a failure in a 200's body, and quote whatever they like.
+            error = {"error": {"message": f"Key {presented} is over quota" + " (details)" * 200}}
+            if body.get("stream"):
+                return self._stream(body, text, error)
+            return self._json(200, error)
         if "[oddtools]" in text and not body.get("stream"):
             call = {"id": "call_1", "type": "function", "function": ODD_TOOL_FUNCTION}
             message = {
@@ -235,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _stream(self, body: dict[str, Any], text: str) -> None:
+    def _stream(self, body: dict[str, Any], text: str, error: dict[str, Any] | None = None) -> None:
         standin = self.owner
         chunked = "[close-delimited]" not in text
         self.send_response(200)
@@ -252,7 +259,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._write(f"data: {line}\n\n", chunked)
                 self._write("data: [DONE]\n\n", chunked)
             else:
-                for line in self._events(body, text):
+                for index, line in enumerate(self._events(body, text)):
+                    if index == 2 and error is not None:
+                        line = f"data: {json.dumps(error)}\n\n"
                     self._write(line, chunked)
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")

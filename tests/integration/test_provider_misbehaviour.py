@@ -153,3 +153,20 @@ def test_an_absurd_retry_after_is_capped_at_a_day_not_a_500(
         assert response.status_code == 429, (way, response.text)
         assert response.headers.get("Retry-After") == passed_on, way
     assert "Traceback" not in server.log()
+
+
+def test_an_error_in_a_successful_answer_never_passes_the_key_on(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    server = openai_server(server_factory, standin)
+    outcomes = ask_every_way(server, "[errorbody] hi")
+    assert [o.status for o in outcomes] == [502, 200, 200]
+    for outcome in outcomes:
+        assert outcome.error is not None, outcome
+        assert "Key ******** is over quota" in outcome.error, outcome
+        assert API_KEY not in outcome.text
+        assert "0123456789abcdef" not in outcome.text
+        # Cut short like any other upstream message: a page of text helps nobody.
+        assert len(outcome.error) < 500, outcome
+    assert standin.requests[-1].headers["authorization"] == f"Bearer {API_KEY}"
+    assert API_KEY not in server.log()
