@@ -247,6 +247,9 @@ class OpenAIProvider:
                 timeout=self.timeout,
                 stream=stream,
                 verify=self.verify,
+                # A redirect would carry the question, and a key in any header but
+                # Authorization, to wherever it points, and turn a 301's POST into a GET.
+                allow_redirects=False,
             )
         except requests.Timeout:
             raise self._timed_out() from None
@@ -270,6 +273,9 @@ class OpenAIProvider:
         if response.status_code >= 400:
             with response:
                 raise self._upstream_error(response, key)
+        if response.is_redirect:
+            with response:
+                raise self._redirected(response)
         return response
 
     def _key(self) -> str | None:
@@ -420,6 +426,19 @@ class OpenAIProvider:
                 f"check url and models of query.providers.{self.name}"
             )
         return self._failed(f"answered HTTP {status}: {message}")
+
+    def _redirected(self, response: requests.Response) -> ProviderFailed:
+        log.warning(
+            "provider %s: HTTP %s from %s redirects to %s; set url to where it leads",
+            self.name,
+            response.status_code,
+            masked_url(self.endpoint),
+            masked_url(response.headers.get("Location", "")),
+        )
+        return self._failed(
+            f"answered with a redirect (HTTP {response.status_code}); set the url of "
+            f"query.providers.{self.name} to where it leads (the service log names it)"
+        )
 
     def _failed(self, what: str) -> ProviderFailed:
         return ProviderFailed(f"Provider '{self.name}' {what}")

@@ -25,6 +25,7 @@ a test drives it through the real service:
 ``[nested]``       200 whose body (or first streamed event) is JSON nested far too deeply
 ``[oddchoices]``   a completion (or first streamed event) whose ``choices`` is a number
 ``[errorbody]``    200 whose body (or second streamed event) is an OpenAI error quoting the key
+``[redirect]``     307 to ``redirect_to``, as a server that moved would answer
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
 
@@ -67,6 +68,7 @@ class StandIn:
     expected_key: str | None = None
     slow_seconds: float = 3.0
     drip_interval: float = 0.02
+    redirect_to: str = ""
     rate_limit_headers: dict[str, str] = field(default_factory=lambda: {"Retry-After": "7"})
     requests: list[Recorded] = field(default_factory=list)
     gate: threading.Event = field(default_factory=threading.Event)
@@ -195,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
                 event = b'data: {"object": "chat.completion.chunk", "choices": 5}\n\n'
                 return self._send(200, event, "text/event-stream")
             return self._json(200, {"object": "chat.completion", "choices": 5})
+        if "[redirect]" in text:
+            return self._send(307, b"", "text/plain", {"Location": standin.redirect_to})
         if "[errorbody]" in text:
             # Some servers report a failure in a 200's body, and quote whatever they like.
             error = {"error": {"message": f"Key {presented} is over quota" + " (details)" * 200}}

@@ -170,3 +170,24 @@ def test_an_error_in_a_successful_answer_never_passes_the_key_on(
         assert len(outcome.error) < 500, outcome
     assert standin.requests[-1].headers["authorization"] == f"Bearer {API_KEY}"
     assert API_KEY not in server.log()
+
+
+def test_a_redirect_is_not_followed_so_neither_key_nor_question_goes_elsewhere(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    elsewhere = StandIn().start()
+    try:
+        standin.redirect_to = f"{elsewhere.url}/chat/completions?token=abc"
+        # A header other than Authorization is one that requests would carry along.
+        server = openai_server(server_factory, standin, api_key_header="api-key")
+        for outcome in ask_every_way(server, "[redirect] my secret question"):
+            assert outcome.status == 502, outcome
+            assert outcome.error is not None and "redirect (HTTP 307)" in outcome.error, outcome
+            assert "query.providers.llm" in outcome.error
+        assert elsewhere.requests == []
+        assert len(standin.requests) == 3
+        # The log says where to, without the query's value.
+        assert f"{elsewhere.url}/chat/completions?token=********" in server.log()
+        assert "abc" not in server.log()
+    finally:
+        elsewhere.stop()
