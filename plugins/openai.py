@@ -21,6 +21,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -187,9 +188,12 @@ class OpenAIProvider:
         model = self._model(request)
         key = self._key()
         payload = self._payload(request, model, stream=False)
-        with self._post(payload, key, stream=False) as response:
-            body = self._decoded(response.content, "an answer")
-        return self._completion(body, model, key)
+        with (
+            self._post(payload, key, stream=False) as response,
+            self._reading("broke off the answer"),
+        ):
+            content = b"".join(_blocks(response, _Patience(self.timeout), decode=True))
+        return self._completion(self._decoded(content, "an answer"), model, key)
 
     def stream(self, request: QueryRequest) -> AnswerStream:
         model = self._model(request)
@@ -245,7 +249,8 @@ class OpenAIProvider:
                 json=payload,
                 headers=headers,
                 timeout=self.timeout,
-                stream=stream,
+                # Read here, block by block, so that a body that trickles in is cut off.
+                stream=True,
                 verify=self.verify,
                 # A redirect would carry the question, and a key in any header but
                 # Authorization, to wherever it points, and turn a 301's POST into a GET.
@@ -254,8 +259,6 @@ class OpenAIProvider:
         except requests.Timeout:
             raise self._timed_out() from None
         except requests.RequestException as exc:
-            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
-                raise self._timed_out() from None  # the body, not the headers, was too slow
             log.warning(
                 "provider %s: cannot reach %s: %s",
                 self.name,
@@ -333,8 +336,9 @@ class OpenAIProvider:
         usage: Any = None
         truncated = finished = False
         produced = 0
-        try:
-            for data in _server_sent_data(response):
+        patience = _Patience(self.timeout)
+        with self._reading("broke off the streamed answer"):
+            for data in _server_sent_data(response, patience):
                 if data.strip() == "[DONE]":
                     finished = True
                     break
@@ -358,19 +362,12 @@ class OpenAIProvider:
                     if text:
                         produced += 1
                         yield text
+                        patience.renew()
+                    elif _makes_progress(delta):
+                        patience.renew()
                     if choice.get("finish_reason"):
                         finished = True
                         truncated = truncated or choice["finish_reason"] == "length"
-        except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
-            raise self._timed_out() from None
-        except (
-            requests.RequestException,
-            urllib3.exceptions.HTTPError,
-            http.client.HTTPException,
-            OSError,
-        ) as exc:
-            log.warning("provider %s: the streamed answer broke off: %s", self.name, _reason(exc))
-            raise self._failed("broke off the streamed answer") from None
         if not finished:
             raise self._failed("ended the streamed answer before it was finished")
         input_tokens, output_tokens = _usage(usage)
@@ -381,6 +378,23 @@ class OpenAIProvider:
             output_tokens=output_tokens if usage else produced,
             truncated=truncated,
         )
+
+    @contextmanager
+    def _reading(self, failure: str) -> Iterator[None]:
+        """Turn what can go wrong while a body is read into the provider's errors; ``failure``
+        says what happened when the connection broke."""
+        try:
+            yield
+        except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
+            raise self._timed_out() from None
+        except (
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+        ) as exc:
+            log.warning("provider %s %s: %s", self.name, failure, _reason(exc))
+            raise self._failed(failure) from None
 
     def _decoded(self, data: str | bytes, what: str) -> Any:
         """``data`` parsed as JSON; ``what`` names it in the failure."""
@@ -467,10 +481,32 @@ def _user_content(request: QueryRequest) -> str | list[dict[str, Any]]:
     return [{"type": "text", "text": text}, *images]
 
 
-def _server_sent_data(response: requests.Response) -> Iterator[str]:
+class _Patience:
+    """How long the server may still take for the next piece of its answer.
+
+    The socket's timeout only bounds the wait for the next byte: a server that sends one
+    byte, or one keep-alive comment, at a time would hold the request, and a worker
+    thread, forever without ever producing the answer.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self.renew()
+
+    def renew(self) -> None:
+        self._until = time.monotonic() + self._seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self._until:
+            raise TimeoutError
+
+
+def _server_sent_data(
+    response: requests.Response, patience: _Patience | None = None
+) -> Iterator[str]:
     """The ``data`` of each Server-Sent Event, as soon as its blank line arrives."""
     data_lines: list[str] = []
-    for raw_line in _lines(response):
+    for raw_line in _lines(response, patience):
         line = raw_line.decode("utf-8", errors="replace")
         if not line:
             if data_lines:
@@ -484,9 +520,9 @@ def _server_sent_data(response: requests.Response) -> Iterator[str]:
         yield "\n".join(data_lines)
 
 
-def _lines(response: requests.Response) -> Iterator[bytes]:
+def _lines(response: requests.Response, patience: _Patience | None) -> Iterator[bytes]:
     pending = b""
-    for block in _blocks(response):
+    for block in _blocks(response, patience):
         pending += block
         *complete, pending = pending.split(b"\n")
         for line in complete:
@@ -495,18 +531,32 @@ def _lines(response: requests.Response) -> Iterator[bytes]:
         yield pending.rstrip(b"\r")
 
 
-def _blocks(response: requests.Response) -> Iterator[bytes]:
+def _blocks(
+    response: requests.Response, patience: _Patience | None, decode: bool = False
+) -> Iterator[bytes]:
     """Bytes as they arrive: ``read1`` returns what one read gets, where ``iter_content``
-    would wait for a full buffer on a server that does not use chunked encoding."""
+    would wait for a full buffer on a server that does not use chunked encoding. ``decode``
+    undoes a ``Content-Encoding`` such as gzip. Raises ``TimeoutError`` once ``patience``
+    runs out."""
     read1 = getattr(response.raw, "read1", None)
     if read1 is None:
-        yield from response.iter_content(chunk_size=None)
-        return
-    while True:
-        block = read1(65536)
-        if not block:
-            return
+        blocks = response.iter_content(chunk_size=None)
+    elif decode:
+        blocks = iter(lambda: read1(65536, decode_content=True), b"")
+    else:
+        blocks = iter(lambda: read1(65536), b"")
+    for block in blocks:
+        if patience is not None:
+            patience.check()
         yield block
+
+
+def _makes_progress(delta: Any) -> bool:
+    """A streamed delta that carries something besides the answer's text, such as a reasoning
+    model's thoughts or a tool call: the model is working, however long it thinks."""
+    return isinstance(delta, Mapping) and any(
+        value for name, value in delta.items() if name not in ("role", "content")
+    )
 
 
 def _text(content: Any) -> str:

@@ -25,6 +25,10 @@ a test drives it through the real service:
 ``[nested]``       200 whose body (or first streamed event) is JSON nested far too deeply
 ``[oddchoices]``   a completion (or first streamed event) whose ``choices`` is a number
 ``[errorbody]``    200 whose body (or second streamed event) is an OpenAI error quoting the key
+``[trickle]``      send the answer one byte every ``trickle_interval`` (a stream: after its
+                   first token), for up to ``TRICKLE_SECONDS``
+``[keepalive]``    send nothing but SSE comments (a completion: blanks before its JSON), every
+                   ``trickle_interval``, for up to ``TRICKLE_SECONDS``
 ``[redirect]``     307 to ``redirect_to``, as a server that moved would answer
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
@@ -52,6 +56,8 @@ SURROGATE_TOKENS = ("Half ", "an emoji: ", "\ud83d", "!")
 DRIP_TOKENS = 400
 PROMPT_TOKENS = 21
 ODD_TOOL_FUNCTION = {"name": "get_pods", "arguments": '{"node": "10.0.3.4"}'}
+# How long a trickling stand-in keeps going: far past any timeout a test configures.
+TRICKLE_SECONDS = 20
 # Deeper than any JSON parser recurses: Python's stops near a thousand levels.
 NESTING_DEPTH = 100_000
 
@@ -68,6 +74,7 @@ class StandIn:
     expected_key: str | None = None
     slow_seconds: float = 3.0
     drip_interval: float = 0.02
+    trickle_interval: float = 0.2
     redirect_to: str = ""
     rate_limit_headers: dict[str, str] = field(default_factory=lambda: {"Retry-After": "7"})
     requests: list[Recorded] = field(default_factory=list)
@@ -197,6 +204,18 @@ class _Handler(BaseHTTPRequestHandler):
                 event = b'data: {"object": "chat.completion.chunk", "choices": 5}\n\n'
                 return self._send(200, event, "text/event-stream")
             return self._json(200, {"object": "chat.completion", "choices": 5})
+        if "[trickle]" in text and not body.get("stream"):
+            data = json.dumps(recorded_completion()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return self._trickle([data[i : i + 1] for i in range(len(data))])
+        if "[keepalive]" in text and not body.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            return self._trickle([b" "] * 1000)
         if "[redirect]" in text:
             return self._send(307, b"", "text/plain", {"Location": standin.redirect_to})
         if "[errorbody]" in text:
@@ -258,6 +277,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         try:
+            if "[keepalive]" in text:
+                return self._trickle([b": ping\n\n"] * 1000, chunked=True)
+            if "[trickle]" in text:
+                events = "".join(self._events(body, text)).encode()
+                first = events.index(b"\n\n", events.index(b"Pods")) + 2
+                self._write(events[:first].decode(), chunked)
+                return self._trickle(
+                    [events[i : i + 1] for i in range(first, len(events))], chunked
+                )
             if "[recorded]" in text:
                 for line in recorded_chunks():
                     self._write(f"data: {line}\n\n", chunked)
@@ -332,6 +360,24 @@ class _Handler(BaseHTTPRequestHandler):
             }
             yield f"data: {json.dumps(usage)}\n\n"
         yield "data: [DONE]\n\n"
+
+    def _trickle(self, pieces: list[bytes], chunked: bool = False) -> None:
+        """Each piece on its own, ``trickle_interval`` apart: always something new before a
+        read would time out, never the whole answer."""
+        standin = self.owner
+        self.close_connection = True
+        started = time.monotonic()
+        try:
+            for piece in pieces:
+                if time.monotonic() - started > TRICKLE_SECONDS:
+                    return
+                self.wfile.write(
+                    f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if chunked else piece
+                )
+                self.wfile.flush()
+                time.sleep(standin.trickle_interval)
+        except (BrokenPipeError, ConnectionResetError):
+            standin.client_went_away.set()
 
     def _write(self, text: str, chunked: bool) -> None:
         data = text.encode("utf-8")

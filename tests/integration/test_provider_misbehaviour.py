@@ -5,6 +5,7 @@ or a leaked key."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ class Outcome:
     status: int
     text: str
     error: str | None
+    elapsed: float
 
 
 def ask_every_way(server: RunningServer, query: str) -> list[Outcome]:
@@ -58,8 +60,12 @@ def ask_every_way(server: RunningServer, query: str) -> list[Outcome]:
         ("events", "/v1/streaming_query", {}),
         ("plain", "/v1/streaming_query", {"media_type": "text/plain"}),
     ):
+        started = time.monotonic()
         response = requests.post(f"{server.url}{path}", json={"query": query, **extra}, timeout=30)
-        outcomes.append(Outcome(way, response.status_code, response.text, _error(response)))
+        elapsed = time.monotonic() - started
+        outcomes.append(
+            Outcome(way, response.status_code, response.text, _error(response), elapsed)
+        )
     return outcomes
 
 
@@ -191,3 +197,20 @@ def test_a_redirect_is_not_followed_so_neither_key_nor_question_goes_elsewhere(
         assert "abc" not in server.log()
     finally:
         elsewhere.stop()
+
+
+@pytest.mark.parametrize("directive", ["[trickle]", "[keepalive]"])
+def test_an_answer_that_trickles_in_times_out_instead_of_hanging(
+    standin: StandIn, server_factory: Callable[..., RunningServer], directive: str
+) -> None:
+    """A byte, or a keep-alive comment, well within the timeout each time, but never the
+    answer (or its next piece): the wait is bounded all the same."""
+    server = openai_server(server_factory, standin)
+    for outcome in ask_every_way(server, f"{directive} hi"):
+        assert outcome.error is not None, outcome
+        assert outcome.error.startswith("The model provider did not answer in time"), outcome
+        assert outcome.elapsed < 4, outcome
+    statuses = [outcome.status for outcome in ask_every_way(server, f"{directive} hi")]
+    # The trickled stream sent its first token in time, so its status line was 200.
+    assert statuses == ([504, 200, 200] if directive == "[trickle]" else [504, 504, 504])
+    assert "Traceback" not in server.log()
