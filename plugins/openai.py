@@ -66,6 +66,10 @@ MAX_CA_FILE_BYTES = 16 * 1024 * 1024
 # A wait the service passes on to its clients is cut to a day: a server asking for longer
 # is broken, and a client should try again some day rather than never.
 MAX_RETRY_AFTER_SECONDS = 86400
+# The most the service reads of one answer, a plain one's body or a stream's events: some
+# hundred thousand tokens, far more than any answer worth keeping, while one enormous or
+# endless answer would otherwise be held in memory whole.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # Upstream error text is passed on to help, but a page of HTML from a proxy helps nobody.
 MAX_UPSTREAM_MESSAGE = 300
 
@@ -387,6 +391,13 @@ class OpenAIProvider:
             yield
         except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
             raise self._timed_out() from None
+        except _AnswerTooLarge:
+            log.warning(
+                "provider %s: an answer over %s bytes was cut off", self.name, MAX_ANSWER_BYTES
+            )
+            raise self._failed(
+                f"sent an answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
+            ) from None
         except (
             requests.RequestException,
             urllib3.exceptions.HTTPError,
@@ -481,6 +492,10 @@ def _user_content(request: QueryRequest) -> str | list[dict[str, Any]]:
     return [{"type": "text", "text": text}, *images]
 
 
+class _AnswerTooLarge(Exception):
+    """The server sent more than ``MAX_ANSWER_BYTES`` for one answer."""
+
+
 class _Patience:
     """How long the server may still take for the next piece of its answer.
 
@@ -521,14 +536,19 @@ def _server_sent_data(
 
 
 def _lines(response: requests.Response, patience: _Patience | None) -> Iterator[bytes]:
-    pending = b""
+    """The lines of the body; a line that spans many blocks is gathered once, not copied
+    again with each block."""
+    pending = bytearray()
     for block in _blocks(response, patience):
-        pending += block
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line.rstrip(b"\r")
+        start = 0
+        while (end := block.find(b"\n", start)) != -1:
+            pending += block[start:end]
+            yield bytes(pending).rstrip(b"\r")
+            pending.clear()
+            start = end + 1
+        pending += block[start:]
     if pending:
-        yield pending.rstrip(b"\r")
+        yield bytes(pending).rstrip(b"\r")
 
 
 def _blocks(
@@ -537,7 +557,7 @@ def _blocks(
     """Bytes as they arrive: ``read1`` returns what one read gets, where ``iter_content``
     would wait for a full buffer on a server that does not use chunked encoding. ``decode``
     undoes a ``Content-Encoding`` such as gzip. Raises ``TimeoutError`` once ``patience``
-    runs out."""
+    runs out, and ``_AnswerTooLarge`` past ``MAX_ANSWER_BYTES``."""
     read1 = getattr(response.raw, "read1", None)
     if read1 is None:
         blocks = response.iter_content(chunk_size=None)
@@ -545,9 +565,13 @@ def _blocks(
         blocks = iter(lambda: read1(65536, decode_content=True), b"")
     else:
         blocks = iter(lambda: read1(65536), b"")
+    received = 0
     for block in blocks:
         if patience is not None:
             patience.check()
+        received += len(block)
+        if received > MAX_ANSWER_BYTES:
+            raise _AnswerTooLarge
         yield block
 
 

@@ -29,6 +29,9 @@ a test drives it through the real service:
                    first token), for up to ``TRICKLE_SECONDS``
 ``[keepalive]``    send nothing but SSE comments (a completion: blanks before its JSON), every
                    ``trickle_interval``, for up to ``TRICKLE_SECONDS``
+``[enormous]``     an answer of ``ENORMOUS_BYTES``: a completion of that length, or a stream
+                   of events holding 64 KiB pieces of text
+``[endless-line]`` stream one line of ``ENORMOUS_BYTES`` that never ends
 ``[redirect]``     307 to ``redirect_to``, as a server that moved would answer
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
@@ -58,6 +61,8 @@ PROMPT_TOKENS = 21
 ODD_TOOL_FUNCTION = {"name": "get_pods", "arguments": '{"node": "10.0.3.4"}'}
 # How long a trickling stand-in keeps going: far past any timeout a test configures.
 TRICKLE_SECONDS = 20
+# Far more than any answer, and than the service keeps in memory for one.
+ENORMOUS_BYTES = 256 * 1024 * 1024
 # Deeper than any JSON parser recurses: Python's stops near a thousand levels.
 NESTING_DEPTH = 100_000
 
@@ -216,6 +221,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             return self._trickle([b" "] * 1000)
+        if "[enormous]" in text and not body.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(ENORMOUS_BYTES))
+            self.end_headers()
+            return self._flood(b'{"choices": [{"message": {"content": "', b"A" * 65536)
         if "[redirect]" in text:
             return self._send(307, b"", "text/plain", {"Location": standin.redirect_to})
         if "[errorbody]" in text:
@@ -279,6 +290,16 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if "[keepalive]" in text:
                 return self._trickle([b": ping\n\n"] * 1000, chunked=True)
+            if "[enormous]" in text:
+                first, piece = (
+                    json.dumps({"choices": [{"index": 0, "delta": {"content": content}}]})
+                    for content in ("Pods ", "A" * 65536)
+                )
+                return self._flood(
+                    f"data: {first}\n\n".encode(), f"data: {piece}\n\n".encode(), chunked
+                )
+            if "[endless-line]" in text:
+                return self._flood(b"data: ", b"A" * 65536, chunked)
             if "[trickle]" in text:
                 events = "".join(self._events(body, text)).encode()
                 first = events.index(b"\n\n", events.index(b"Pods")) + 2
@@ -376,6 +397,18 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 self.wfile.flush()
                 time.sleep(standin.trickle_interval)
+        except (BrokenPipeError, ConnectionResetError):
+            standin.client_went_away.set()
+
+    def _flood(self, head: bytes, block: bytes, chunked: bool = False) -> None:
+        """``head``, then ``block`` again and again, up to ``ENORMOUS_BYTES`` in all."""
+        standin = self.owner
+        self.close_connection = True
+        try:
+            for piece in (head, *[block] * (ENORMOUS_BYTES // len(block))):
+                self.wfile.write(
+                    f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if chunked else piece
+                )
         except (BrokenPipeError, ConnectionResetError):
             standin.client_went_away.set()
 

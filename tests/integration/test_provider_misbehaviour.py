@@ -8,13 +8,14 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from tests.conftest import RunningServer
-from tests.openai_standin import StandIn
+from tests.openai_standin import ENORMOUS_BYTES, StandIn
 
 API_KEY = "sk-test-0123456789abcdef-SECRET"
 
@@ -213,4 +214,40 @@ def test_an_answer_that_trickles_in_times_out_instead_of_hanging(
     statuses = [outcome.status for outcome in ask_every_way(server, f"{directive} hi")]
     # The trickled stream sent its first token in time, so its status line was 200.
     assert statuses == ([504, 200, 200] if directive == "[trickle]" else [504, 504, 504])
+    assert "Traceback" not in server.log()
+
+
+def peak_memory_bytes(server: RunningServer) -> int | None:
+    """The most memory the server process has held at once, where the system says."""
+    status = Path(f"/proc/{server.process.pid}/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def test_an_enormous_answer_is_cut_off_without_being_held_in_memory(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    server = openai_server(server_factory, standin)
+    plain, *streamed = ask_every_way(server, "[enormous] hi")
+    assert plain.status == 502, plain
+    assert plain.error is not None and "larger than 16 MiB" in plain.error, plain
+    for outcome in streamed:
+        # Cut off after the stream started: an error at its end, as for any failure.
+        assert outcome.status == 200, outcome
+        assert outcome.error is not None and "larger than 16 MiB" in outcome.error, outcome
+        assert len(outcome.text) < 20 * 1024 * 1024
+    for outcome in ask_every_way(server, "[endless-line] hi")[1:]:
+        assert outcome.status == 502, outcome
+        assert outcome.error is not None and "larger than 16 MiB" in outcome.error, outcome
+    records = [
+        json.loads(path.read_text()) for path in (server.root / "transcripts").rglob("*.json")
+    ]
+    # The two streams that started keep what they sent; /v1/query was not asked for a line.
+    assert sorted(record["truncated"] for record in records) == [False, True, True]
+    peak = peak_memory_bytes(server)
+    assert peak is None or peak < ENORMOUS_BYTES, peak
     assert "Traceback" not in server.log()
