@@ -70,6 +70,8 @@ MAX_RETRY_AFTER_SECONDS = 86400
 # hundred thousand tokens, far more than any answer worth keeping, while one enormous or
 # endless answer would otherwise be held in memory whole.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+# An error body is a message, not a page: past this it is not read for one.
+MAX_ERROR_BYTES = 1024 * 1024
 # Upstream error text is passed on to help, but a page of HTML from a proxy helps nobody.
 MAX_UPSTREAM_MESSAGE = 300
 
@@ -424,7 +426,7 @@ class OpenAIProvider:
         self, response: requests.Response, key: str | None
     ) -> ProviderFailed | ProviderTimeout | RateLimited | ValidationFailed:
         status = response.status_code
-        message = _upstream_message(_json_or_none(response), key) or _scrubbed(
+        message = _upstream_message(self._error_body(response), key) or _scrubbed(
             response.reason or "", key
         )
         log.warning("provider %s: HTTP %s from %s", self.name, status, masked_url(self.endpoint))
@@ -451,6 +453,24 @@ class OpenAIProvider:
                 f"check url and models of query.providers.{self.name}"
             )
         return self._failed(f"answered HTTP {status}: {message}")
+
+    def _error_body(self, response: requests.Response) -> Any:
+        """The error body as JSON, or None when it is not JSON, is too large to be an error
+        message, trickles in or breaks off: the status alone then says what went wrong."""
+        try:
+            blocks = _blocks(response, _Patience(self.timeout), MAX_ERROR_BYTES, decode=True)
+            return json.loads(b"".join(blocks))
+        except (
+            ValueError,
+            RecursionError,
+            _AnswerTooLarge,
+            TimeoutError,
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+        ):
+            return None
 
     def _redirected(self, response: requests.Response) -> ProviderFailed:
         log.warning(
@@ -493,7 +513,7 @@ def _user_content(request: QueryRequest) -> str | list[dict[str, Any]]:
 
 
 class _AnswerTooLarge(Exception):
-    """The server sent more than ``MAX_ANSWER_BYTES`` for one answer."""
+    """The server sent more of a body than the service reads of one."""
 
 
 class _Patience:
@@ -552,12 +572,15 @@ def _lines(response: requests.Response, patience: _Patience | None) -> Iterator[
 
 
 def _blocks(
-    response: requests.Response, patience: _Patience | None, decode: bool = False
+    response: requests.Response,
+    patience: _Patience | None,
+    limit: int = MAX_ANSWER_BYTES,
+    decode: bool = False,
 ) -> Iterator[bytes]:
     """Bytes as they arrive: ``read1`` returns what one read gets, where ``iter_content``
     would wait for a full buffer on a server that does not use chunked encoding. ``decode``
     undoes a ``Content-Encoding`` such as gzip. Raises ``TimeoutError`` once ``patience``
-    runs out, and ``_AnswerTooLarge`` past ``MAX_ANSWER_BYTES``."""
+    runs out, and ``_AnswerTooLarge`` past ``limit`` bytes."""
     read1 = getattr(response.raw, "read1", None)
     if read1 is None:
         blocks = response.iter_content(chunk_size=None)
@@ -570,7 +593,7 @@ def _blocks(
         if patience is not None:
             patience.check()
         received += len(block)
-        if received > MAX_ANSWER_BYTES:
+        if received > limit:
             raise _AnswerTooLarge
         yield block
 
@@ -607,13 +630,6 @@ def _usage(usage: Any) -> tuple[int, int]:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
-
-
-def _json_or_none(response: requests.Response) -> Any:
-    try:
-        return json.loads(response.content)
-    except (ValueError, RecursionError):
-        return None
 
 
 def _upstream_message(body: Any, key: str | None) -> str:

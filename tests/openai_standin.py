@@ -32,6 +32,8 @@ a test drives it through the real service:
 ``[enormous]``     an answer of ``ENORMOUS_BYTES``: a completion of that length, or a stream
                    of events holding 64 KiB pieces of text
 ``[endless-line]`` stream one line of ``ENORMOUS_BYTES`` that never ends
+``[error-trickle]``  500 whose error body trickles in as ``[trickle]``'s does
+``[error-cut]``    500 whose error body breaks off before its Content-Length
 ``[redirect]``     307 to ``redirect_to``, as a server that moved would answer
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
@@ -221,6 +223,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             return self._trickle([b" "] * 1000)
+        if "[error-trickle]" in text or "[error-cut]" in text:
+            data = json.dumps({"error": {"message": "The server had an error."}}).encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data) + 1000))
+            self.end_headers()
+            if "[error-cut]" in text:
+                self.wfile.write(data)
+                self.close_connection = True
+                return None
+            return self._trickle([data[i : i + 1] for i in range(len(data))])
         if "[enormous]" in text and not body.get("stream"):
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

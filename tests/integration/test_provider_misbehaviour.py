@@ -251,3 +251,15 @@ def test_an_enormous_answer_is_cut_off_without_being_held_in_memory(
     peak = peak_memory_bytes(server)
     assert peak is None or peak < ENORMOUS_BYTES, peak
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("directive", ["[error-trickle]", "[error-cut]"])
+def test_an_error_body_that_trickles_or_breaks_off_still_gives_the_status(
+    standin: StandIn, server_factory: Callable[..., RunningServer], directive: str
+) -> None:
+    server = openai_server(server_factory, standin)
+    for outcome in ask_every_way(server, f"{directive} hi"):
+        assert outcome.status == 502, outcome
+        assert outcome.error is not None and "answered HTTP 500" in outcome.error, outcome
+        assert outcome.elapsed < 4, outcome
+    assert "Traceback" not in server.log()
