@@ -60,6 +60,7 @@ from .journal import Journal
 from .lock import CollectorLock
 from .outbox import Outbox
 from .scan import (
+    FolderIdentity,
     SourceFile,
     SourceRemover,
     Storage,
@@ -424,9 +425,11 @@ class Collector:
         while not exhausted and not self.stop.expired():
             writer: ArchiveWriter | None = None
             first: SourceFile | None = None
-            # Each packed file's inode, in packing order (the manifest's): the commit removes
-            # only files that are still the ones packed.
+            # Each packed file's inode and its folder's identity, in packing order (the
+            # manifest's): the commit removes only files that are still the ones packed, in
+            # the folders that were listed.
             inodes = array("Q")
+            folders: list[FolderIdentity] = []
             packed_since_ns = time.time_ns()
             try:
                 while True:
@@ -463,6 +466,7 @@ class Collector:
                             functools.partial(os.read, opened.fd),
                         )
                         inodes.append(opened.inode)
+                        folders.append(source.folder_identity)
                     finally:
                         os.close(opened.fd)
                     found += 1
@@ -501,7 +505,7 @@ class Collector:
                 writer.abort()
                 self._quarantine_record(first, built.size, report, compressed=True)
                 continue
-            self._commit(built, inodes, packed_since_ns, report)
+            self._commit(built, inodes, folders, packed_since_ns, report)
         log.debug(
             "scan finished: %d records packed this cycle, %d modified too recently to pack",
             found,
@@ -526,7 +530,12 @@ class Collector:
         )
 
     def _commit(
-        self, built: BuiltArchive, inodes: array[int], packed_since_ns: int, report: CycleReport
+        self,
+        built: BuiltArchive,
+        inodes: array[int],
+        folders: list[FolderIdentity],
+        packed_since_ns: int,
+        report: CycleReport,
     ) -> None:
         self.outbox.commit(built.archive_id)
         log.debug(
@@ -538,8 +547,8 @@ class Collector:
         )
         manifest = self.outbox.manifest(self.outbox.new, built.archive_id)
         packed = (
-            (path, inode)
-            for name, inode in zip(manifest_names(manifest), inodes, strict=True)
+            (path, inode, folder)
+            for name, inode, folder in zip(manifest_names(manifest), inodes, folders, strict=True)
             if (path := source_path(self.settings.storages, name)) is not None
         )
         with SourceRemover(self.settings.storages) as remover:

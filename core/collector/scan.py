@@ -77,6 +77,15 @@ Inode = int
 """A file's inode number: a file renamed over a packed record (the way records are written
 and replaced) has another one."""
 
+FolderIdentity = tuple[int, int]
+"""A folder's device and inode: the folder a path leads to now is the one the scan listed
+only if they match."""
+
+PackedFile = tuple[str, Inode | None, FolderIdentity | None]
+"""A file to remove once its archive is safe: its path, its inode when packed and the
+identity of its folder when listed (``None`` where not known: the file's digest was checked
+instead, or it is reached from its root without following a symlink)."""
+
 
 # SourceFile and OpenedFile are built once per record on the packing path; not frozen,
 # since a frozen dataclass takes three times as long to build.
@@ -90,6 +99,7 @@ class SourceFile:
     the record is opened through it, so a folder on its path swapped for a symlink since it
     was listed cannot lead the read elsewhere."""
     name: str
+    folder_identity: FolderIdentity
 
 
 def scan(
@@ -155,6 +165,9 @@ def _walk(
                 directory,
             )
             continue
+        if identity is None:
+            root = os.fstat(folder_fd)
+            identity = (root.st_dev, root.st_ino)
         try:
             entries = os.scandir(folder_fd)
         except OSError as exc:
@@ -198,6 +211,7 @@ def _walk(
                                     f"{member_dir}/{entry.name}",
                                     folder_fd,
                                     entry.name,
+                                    identity,
                                 )
                             else:
                                 held_back += 1
@@ -376,31 +390,32 @@ class SourceRemover:
 
     def remove(self, path: str) -> None:
         """Remove a file already proven to be what was archived (by its digest)."""
-        self._absorb(self._unlink_batch([(path, None)]))
+        self._absorb(self._unlink_batch([(path, None, None)], None))
 
     def remove_all(
-        self, files: Iterable[tuple[str, Inode | None]], *, packed_since_ns: int | None = None
+        self, files: Iterable[PackedFile], *, packed_since_ns: int | None = None
     ) -> None:
-        """Remove each file that is still the one that was packed (same inode); one renamed
-        over it since holds something no archive has, and is kept.
+        """Remove each file that is still the one that was packed (same inode) in the folder
+        that was listed (same identity); one renamed over it since holds something no
+        archive has, and is kept, as are the files of a folder replaced since.
 
         With ``packed_since_ns`` (when packing began), a folder nobody has changed since then
         cannot hold a replaced file, and its files are removed without a look at each: on a
         disk that discards freed blocks, a ``stat`` per file made removal half as fast.
         """
-        if packed_since_ns is not None:
-            files = _checks_where_changed(files, packed_since_ns)
         batches = _batched(files, _REMOVE_BATCH)
         first = next(batches, None)
         if first is None:
             return
         if len(first) < _REMOVE_BATCH:
-            self._absorb(self._unlink_batch(first))
+            self._absorb(self._unlink_batch(first, packed_since_ns))
             return
         pool = self._threads()
-        in_flight: deque[Future[_BatchResult]] = deque([pool.submit(self._unlink_batch, first)])
+        in_flight: deque[Future[_BatchResult]] = deque(
+            [pool.submit(self._unlink_batch, first, packed_since_ns)]
+        )
         for batch in batches:
-            in_flight.append(pool.submit(self._unlink_batch, batch))
+            in_flight.append(pool.submit(self._unlink_batch, batch, packed_since_ns))
             if len(in_flight) > 2 * self._workers:
                 self._absorb(in_flight.popleft().result())
         while in_flight:
@@ -435,28 +450,35 @@ class SourceRemover:
         for _ in self._map(fsutil.fsync_existing_dir, sorted(to_flush)):
             pass
 
-    def _unlink_batch(self, files: list[tuple[str, Inode | None]]) -> _BatchResult:
+    def _unlink_batch(self, files: list[PackedFile], since_ns: int | None) -> _BatchResult:
         """Remove ``files``, then the folders that left empty; answer how many files and
         folders went, the folders that remain to be flushed, and the files kept."""
         removed = 0
         folders: set[str] = set()
         kept: list[tuple[str, str]] = []
         # Files come folder by folder; each folder is opened once, through its handle.
-        current, folder_fd, folder_problem = "", -1, ""
+        current, folder_fd, look_at_each, folder_problem = "", -1, True, ""
         try:
-            for path, inode in files:
+            for path, inode, identity in files:
                 folder, name = os.path.split(path)
-                folders.add(folder)
                 if folder != current:
                     if folder_fd >= 0:
                         os.close(folder_fd)
-                    current, folder_fd, folder_problem = folder, *self._open_folder(folder)
+                    folders.add(folder)
+                    current = folder
+                    folder_fd, look_at_each, folder_problem = self._open_folder(
+                        folder, identity, since_ns
+                    )
                 if folder_fd < 0:
                     if folder_problem:
                         kept.append((path, folder_problem))
                     continue
                 try:
-                    if inode is not None and os.lstat(name, dir_fd=folder_fd).st_ino != inode:
+                    if (
+                        look_at_each
+                        and inode is not None
+                        and os.lstat(name, dir_fd=folder_fd).st_ino != inode
+                    ):
                         kept.append((path, "it was replaced after it was packed"))
                         continue
                     os.unlink(name, dir_fd=folder_fd)
@@ -472,11 +494,43 @@ class SourceRemover:
         pruned, survivors = self._prune(folders)
         return removed, pruned, survivors, kept
 
-    def _open_folder(self, folder: str) -> tuple[int, str]:
+    def _open_folder(
+        self, folder: str, identity: FolderIdentity | None, since_ns: int | None
+    ) -> tuple[int, bool, str]:
+        """A handle of ``folder`` if it is still the folder that was listed, whether its files
+        need a look each (it changed since ``since_ns``), and ``""``; or ``-1`` and why not
+        (``""`` when it is simply gone). A folder on the way swapped for a symlink since
+        packing would otherwise make the removal delete files of the same names wherever it
+        leads.
+
+        Where the scan's ``identity`` of the folder is known, the path may be followed: what
+        it leads to is the listed folder or is refused. Without it, the folder is reached
+        from its root without following a symlink.
+        """
+        if identity is None:
+            fd, problem = self._reach_from_root(folder)
+            return fd, True, problem
+        try:
+            fd = os.open(folder, _FOLDER_FLAGS)
+        except FileNotFoundError:
+            return -1, True, ""
+        except OSError as exc:
+            return -1, True, exc.strerror or str(exc)
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            return -1, True, exc.strerror or str(exc)
+        if (info.st_dev, info.st_ino) != identity:
+            os.close(fd)
+            return -1, True, "its folder was replaced after it was packed"
+        # File times come from a clock that may trail the one packing read by a few ticks.
+        changed = since_ns is None or info.st_mtime_ns >= since_ns - _CLOCK_SLACK_NS
+        return fd, changed, ""
+
+    def _reach_from_root(self, folder: str) -> tuple[int, str]:
         """A handle of ``folder`` reached from its storage root without following a
-        symlink, and ``""``; or ``-1`` and why not (``""`` when it is simply gone). A
-        folder on the way swapped for a symlink since packing would otherwise make the
-        removal delete files of the same names wherever it leads."""
+        symlink, and ``""``; or ``-1`` and why not (``""`` when it is simply gone)."""
         root = next((r for r in self._roots if folder == r or folder.startswith(r + os.sep)), None)
         if root is None:
             return -1, "it is not inside a storage folder"
@@ -552,34 +606,6 @@ _MAX_TOUCHED = 1024
 _KEPT_EXAMPLES = 5
 _CLOCK_SLACK_NS = 1_000_000_000
 _BatchResult = tuple[int, int, set[str], list[tuple[str, str]]]
-
-
-def _checks_where_changed(
-    files: Iterable[tuple[str, Inode | None]], since_ns: int
-) -> Iterator[tuple[str, Inode | None]]:
-    """``files`` with the inode left out wherever the folder has not changed since
-    ``since_ns``: no file can have been renamed over a record there.
-
-    A folder's files come together (the scan lists folder by folder), so one ``stat`` of the
-    folder, taken before any of them is removed, covers them all; a folder met again later
-    is looked at again, and by then our own removals count as a change, which only means its
-    files are checked one by one.
-    """
-    current, changed = "", True
-    for path, inode in files:
-        folder = os.path.dirname(path)
-        if folder != current:
-            current, changed = folder, _changed_since(folder, since_ns)
-        yield path, inode if changed else None
-
-
-def _changed_since(folder: str, since_ns: int) -> bool:
-    try:
-        modified = os.stat(folder, follow_symlinks=False).st_mtime_ns
-    except OSError:
-        return True
-    # File times come from a clock that may trail the one packing read by a few ticks.
-    return modified >= since_ns - _CLOCK_SLACK_NS
 
 
 def _batched(items: Iterable[_T], size: int) -> Iterator[list[_T]]:

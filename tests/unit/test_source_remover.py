@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lightspeed_collector.collector import scan
-from lightspeed_collector.collector.scan import Inode, SourceRemover, Storage
+from lightspeed_collector.collector.scan import FolderIdentity, PackedFile, SourceRemover, Storage
 
 
 @pytest.fixture
@@ -52,9 +52,14 @@ def make_records(root: Path, users: int, conversations: int, per_conversation: i
     return paths
 
 
-def packed(paths: list[str]) -> list[tuple[str, Inode]]:
-    """Each path with its inode now, as packing records it."""
-    return [(path, os.lstat(path).st_ino) for path in paths]
+def packed(paths: list[str]) -> list[PackedFile]:
+    """Each path with its inode and its folder's identity now, as packing records them."""
+    return [(path, os.lstat(path).st_ino, identity(os.path.dirname(path))) for path in paths]
+
+
+def identity(folder: str) -> FolderIdentity:
+    found = os.stat(folder)
+    return found.st_dev, found.st_ino
 
 
 def everything_below(root: Path) -> list[str]:
@@ -154,3 +159,31 @@ def test_a_replacement_marks_its_folder_as_changed_since_packing(
 
     assert remover.kept == [(paths[7], "it was replaced after it was packed")]
     assert remover.removed == len(paths) - 1
+
+
+def test_a_folder_replaced_since_it_was_listed_is_left_alone_and_what_it_leads_to_too(
+    tmp_path: Path, flushed: list[str]
+) -> None:
+    """The folder's path may be followed, since what it leads to must be the folder the
+    scan listed: a symlink put in its place leads elsewhere and is refused."""
+    roots = storages(tmp_path)
+    paths = make_records(tmp_path, users=1, conversations=2, per_conversation=3)
+    files = packed(paths)
+    listed = Path(paths[0]).parent
+    moved = tmp_path / "moved-away"
+    listed.rename(moved)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("0.json", "1.json", "2.json"):
+        (elsewhere / name).write_bytes(b"not ours")
+    listed.symlink_to(elsewhere)
+
+    with SourceRemover(roots) as remover:
+        remover.remove_all(files, packed_since_ns=time.time_ns())
+        remover.finish()
+
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["0.json", "1.json", "2.json"]
+    assert sorted(p.name for p in moved.iterdir()) == ["0.json", "1.json", "2.json"]
+    assert remover.kept_count == 3
+    assert remover.kept[0] == (paths[0], "its folder was replaced after it was packed")
+    assert remover.removed == len(paths) - 3
