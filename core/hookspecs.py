@@ -45,7 +45,8 @@ def register_query_providers(config: Config) -> Sequence[QueryProvider]:
     A provider answers ``answer(request) -> Answer`` and ``stream(request)``, an iterator of
     text chunks for ``POST /v1/streaming_query``. Write ``stream`` as a generator annotated
     ``-> AnswerStream`` and ``return`` an ``Answer`` when it ends: its model, token counts,
-    ``truncated`` and documents end the stream and go into the transcript (its ``text`` is
+    ``truncated``, documents and tool calls and results end the stream and go into the
+    transcript (its ``text`` is
     ignored; the service joins the chunks). Returning nothing is allowed: the service then
     counts chunks as output tokens. The first chunk is pulled before the client gets a
     response, so errors raised up to then become normal HTTP errors; later ones become an

@@ -179,8 +179,9 @@ AnswerStream: TypeAlias = Generator[str, None, Answer | None]
 """What a provider's ``stream`` may be: a generator of text chunks that *returns* a summary.
 
 The summary is an :class:`Answer` whose ``text`` is ignored (the service joins the chunks it
-sent) and whose ``model``, token counts, ``truncated``, ``rag_chunks`` and
-``referenced_documents`` end the stream and go into the transcript. A provider that returns
+sent) and whose ``model``, token counts, ``truncated``, ``rag_chunks``,
+``referenced_documents``, ``tool_calls`` and ``tool_results`` end the stream and go into the
+transcript. A provider that returns
 nothing (or whose ``stream`` is a plain iterator) still works: the service then counts the
 chunks as output tokens, reports no input tokens, and records the requested model.
 """

@@ -74,6 +74,9 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BYTES = 1024 * 1024
 # Upstream error text is passed on to help, but a page of HTML from a proxy helps nobody.
 MAX_UPSTREAM_MESSAGE = 300
+# Far more calls than a model makes in one answer (OpenAI offers it at most 128 tools), while
+# each call a stream opens is kept until the stream ends.
+MAX_TOOL_CALLS = 128
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -342,6 +345,7 @@ class OpenAIProvider:
         usage: Any = None
         truncated = finished = False
         produced = 0
+        tool_calls = _StreamedToolCalls()
         patience = _Patience(self.timeout)
         with self._reading("broke off the streamed answer"):
             for data in _server_sent_data(response, patience):
@@ -365,6 +369,10 @@ class OpenAIProvider:
                         continue
                     delta = choice.get("delta")
                     text = _text(delta.get("content")) if isinstance(delta, Mapping) else ""
+                    if isinstance(delta, Mapping) and not tool_calls.add(delta.get("tool_calls")):
+                        raise self._failed(
+                            f"sent more than {MAX_TOOL_CALLS} tool calls in one answer"
+                        )
                     if text:
                         produced += 1
                         yield text
@@ -383,6 +391,7 @@ class OpenAIProvider:
             input_tokens=input_tokens,
             output_tokens=output_tokens if usage else produced,
             truncated=truncated,
+            tool_calls=tool_calls.assembled() or None,
         )
 
     @contextmanager
@@ -596,6 +605,91 @@ def _blocks(
         if received > limit:
             raise _AnswerTooLarge
         yield block
+
+
+class _StreamedToolCalls:
+    """The tool calls of a streamed answer, put together from the fragments OpenAI streams.
+
+    Each fragment names its call by ``index``; a call's ``id``, ``type`` and
+    ``function.name`` come once, its ``function.arguments`` in pieces to be joined. Calls
+    are kept by index in a dict, so a fragment at index 10**30 costs what one at 0 does, and
+    the pieces of a call's arguments go into one buffer, so a million one-letter pieces
+    cost a million bytes, not a million strings. How much there is in all is bounded by the
+    stream's own cap on what is read of it.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _StreamedToolCall] = {}
+        self._latest: int | None = None
+
+    def add(self, fragments: Any) -> bool:
+        """Take in a delta's ``tool_calls``; False when that would open more calls than
+        ``MAX_TOOL_CALLS``. Fragments that are not objects are left out, as the calls of a
+        plain answer are."""
+        if not isinstance(fragments, list):
+            return True
+        for fragment in fragments:
+            if not isinstance(fragment, Mapping):
+                continue
+            index = self._index(fragment)
+            call = self._calls.get(index)
+            if call is None:
+                if len(self._calls) >= MAX_TOOL_CALLS:
+                    return False
+                call = self._calls[index] = _StreamedToolCall()
+            call.add(fragment)
+            self._latest = index
+        return True
+
+    def assembled(self) -> tuple[Mapping[str, Any], ...]:
+        """The calls in the order of their indexes, shaped as a plain answer's are."""
+        return tuple(self._calls[index].assembled() for index in sorted(self._calls))
+
+    def _index(self, fragment: Mapping[str, Any]) -> int:
+        """The fragment's ``index``; a server that sends none (some stream each call whole)
+        continues the latest call, unless the fragment brings an ``id`` of its own."""
+        index = fragment.get("index")
+        if type(index) is int and index >= 0:
+            return index
+        if self._latest is not None:
+            identifier = _nonempty_string(fragment.get("id"))
+            if identifier is None or identifier == self._calls[self._latest].identifier:
+                return self._latest
+        return max(self._calls, default=-1) + 1
+
+
+class _StreamedToolCall:
+    """One call of a streamed answer: the first ``id``, ``type`` and ``function.name`` given,
+    and every piece of ``function.arguments``, joined."""
+
+    def __init__(self) -> None:
+        self.identifier: str | None = None
+        self._type: str | None = None
+        self._name: str | None = None
+        # UTF-8, with lone surrogates kept as they came: the service replaces them in every
+        # answer's text, these calls included.
+        self._arguments = bytearray()
+
+    def add(self, fragment: Mapping[str, Any]) -> None:
+        self.identifier = self.identifier or _nonempty_string(fragment.get("id"))
+        self._type = self._type or _nonempty_string(fragment.get("type"))
+        function = fragment.get("function")
+        if not isinstance(function, Mapping):
+            return
+        self._name = self._name or _nonempty_string(function.get("name"))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            self._arguments += arguments.encode("utf-8", "surrogatepass")
+
+    def assembled(self) -> Mapping[str, Any]:
+        function = {"name": self._name} if self._name is not None else {}
+        function["arguments"] = self._arguments.decode("utf-8", "surrogatepass")
+        call: dict[str, Any] = {"id": self.identifier, "type": self._type, "function": function}
+        return {key: value for key, value in call.items() if value is not None}
+
+
+def _nonempty_string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _makes_progress(delta: Any) -> bool:

@@ -37,6 +37,12 @@ a test drives it through the real service:
 ``[redirect]``     307 to ``redirect_to``, as a server that moved would answer
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
+``[tools]``        "Checking." and the two ``TOOL_CALLS``: a completion's message holds them
+                   whole; a stream sends them in fragments, as OpenAI does, the argument
+                   pieces of the two calls interleaved
+``[toolsonly]``    as ``[tools]``, with no text at all
+``[manytools]``    a stream of ``MANY_TOOL_CALLS`` one-fragment tool calls and no text
+``[hugeindex]``    a stream of two tool calls, the first at an index no list could reach
 
 When ``expected_key`` is set, a request with another key gets the 401 OpenAI sends, which
 quotes the key it refused, as OpenAI's own does (in part).
@@ -44,6 +50,7 @@ quotes the key it refused, as OpenAI's own does (in part).
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -61,6 +68,18 @@ SURROGATE_TOKENS = ("Half ", "an emoji: ", "\ud83d", "!")
 DRIP_TOKENS = 400
 PROMPT_TOKENS = 21
 ODD_TOOL_FUNCTION = {"name": "get_pods", "arguments": '{"node": "10.0.3.4"}'}
+TOOL_CALLS: tuple[dict[str, Any], ...] = (
+    {"id": "call_1", "type": "function", "function": ODD_TOOL_FUNCTION},
+    {
+        "id": "call_2",
+        "type": "function",
+        "function": {"name": "get_events", "arguments": '{"namespace": "default", "limit": 5}'},
+    },
+)
+# Far more calls than any model makes in one answer.
+MANY_TOOL_CALLS = 1000
+# An index past any machine integer: a list grown to reach it would exhaust memory.
+HUGE_TOOL_INDEX = 10**30
 # How long a trickling stand-in keeps going: far past any timeout a test configures.
 TRICKLE_SECONDS = 20
 # Far more than any answer, and than the service keeps in memory for one.
@@ -125,6 +144,29 @@ def recorded_completion() -> dict[str, Any]:
 def recorded_chunks() -> list[str]:
     text = (DATA / "openai_chat_completion_chunks_example.txt").read_text("utf-8")
     return [line for line in text.splitlines() if line.strip()]
+
+
+def _tool_call_fragments(text: str) -> Iterator[list[dict[str, Any]]]:
+    """The ``tool_calls`` of each streamed delta, as OpenAI streams them: a call's ``id``,
+    ``type`` and ``function.name`` in its first fragment, its arguments in pieces after."""
+    if "[manytools]" in text:
+        for index in range(MANY_TOOL_CALLS):
+            yield [{"index": index, "id": f"call_{index}", "function": {"name": "f"}}]
+        return
+    indexes = (HUGE_TOOL_INDEX, 0) if "[hugeindex]" in text else (0, 1)
+    for index, call in zip(indexes, TOOL_CALLS, strict=True):
+        function = {"name": call["function"]["name"], "arguments": ""}
+        yield [{"index": index, "id": call["id"], "type": call["type"], "function": function}]
+    pieces = (
+        [arguments[start : start + 4] for start in range(0, len(arguments), 4)]
+        for arguments in (call["function"]["arguments"] for call in TOOL_CALLS)
+    )
+    for first, second in itertools.zip_longest(*pieces, fillvalue=""):
+        yield [
+            {"index": index, "function": {"arguments": piece}}
+            for index, piece in zip(indexes, (first, second), strict=True)
+            if piece
+        ]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -257,6 +299,14 @@ class _Handler(BaseHTTPRequestHandler):
             }
             choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
             return self._json(200, {"object": "chat.completion", "choices": [choice]})
+        if ("[tools]" in text or "[toolsonly]" in text) and not body.get("stream"):
+            message = {
+                "role": "assistant",
+                "content": None if "[toolsonly]" in text else "Checking.",
+                "tool_calls": list(TOOL_CALLS),
+            }
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            return self._json(200, {"object": "chat.completion", "choices": [choice]})
         if "[notjson]" in text:
             return self._send(200, b"<html>gateway says hello</html>", "text/html")
         if body.get("stream"):
@@ -353,6 +403,14 @@ class _Handler(BaseHTTPRequestHandler):
             return f"data: {json.dumps(event)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
+        if any(name in text for name in ("[tools]", "[toolsonly]", "[manytools]", "[hugeindex]")):
+            if "[tools]" in text:
+                yield chunk({"content": "Checking."})
+            for fragments in _tool_call_fragments(text):
+                yield chunk({"tool_calls": fragments})
+            yield chunk({}, "tool_calls")
+            yield "data: [DONE]\n\n"
+            return
         if "[drip]" in text:
             tokens: tuple[str, ...] = tuple(f"t{index} " for index in range(DRIP_TOKENS))
         elif "[length]" in text:

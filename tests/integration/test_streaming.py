@@ -13,8 +13,15 @@ import pytest
 import requests
 
 from lightspeed_collector import validation
+from lightspeed_collector.plugins import openai
 from tests.conftest import RunningServer
-from tests.openai_standin import DRIP_TOKENS, PROMPT_TOKENS, StandIn
+from tests.openai_standin import (
+    DRIP_TOKENS,
+    MANY_TOOL_CALLS,
+    PROMPT_TOKENS,
+    TOOL_CALLS,
+    StandIn,
+)
 from tests.sse import EventStream, answer_text, post_stream
 
 LOG = {"attachment_type": "log", "content_type": "text/plain", "content": "kubelet: OOMKilled"}
@@ -190,6 +197,68 @@ def test_openai_stream_of_recorded_chunks_and_length_and_close_delimited(
 
     records = wait_for_transcripts(server, 3)
     assert sorted(r["truncated"] for r in records) == [False, False, True]
+
+
+def redacted_tool_calls() -> list[dict[str, Any]]:
+    """``TOOL_CALLS`` as a transcript holds them: redacted like any text the model wrote."""
+    calls = json.loads(json.dumps(TOOL_CALLS))
+    calls[0]["function"]["arguments"] = '{"node": "[REDACTED_IPV4]"}'
+    return list(calls)
+
+
+@pytest.mark.parametrize(("directive", "text"), [("[tools]", "Checking."), ("[toolsonly]", "")])
+def test_streamed_tool_calls_are_recorded_as_a_plain_answer_records_them(
+    standin: StandIn, server_factory: Callable[..., RunningServer], directive: str, text: str
+) -> None:
+    server = openai_server(server_factory, standin)
+    query = f"{directive} which pods run on 10.0.3.4?"
+    plain = requests.post(f"{server.url}/v1/query", json={"query": query}, timeout=15)
+    assert plain.status_code == 200, plain.text
+    assert plain.json()["response"] == text
+    [plain_record] = wait_for_transcripts(server)
+    assert plain_record["tool_calls"] == redacted_tool_calls()
+
+    events = post_stream(server.url, {"query": query}).events()
+    assert [e["event"] for e in events][-1] == "end"
+    assert answer_text(events) == text
+    streamed_text = requests.post(
+        f"{server.url}/v1/streaming_query",
+        json={"query": query, "media_type": "text/plain"},
+        timeout=15,
+    )
+    assert streamed_text.status_code == 200
+    assert streamed_text.text == text
+
+    records = wait_for_transcripts(server, 3)
+    for record in records:
+        assert validation.check("transcript", record) == []
+        assert record["llm_response"] == text
+        assert record["truncated"] is False
+        assert record["tool_calls"] == plain_record["tool_calls"]
+    assert "Traceback" not in server.log()
+
+
+def test_streamed_tool_calls_are_kept_by_index_and_bounded_in_number(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    server = openai_server(server_factory, standin)
+    events = post_stream(server.url, {"query": "[hugeindex] hi"}).events()
+    assert events[-1]["event"] == "end"
+    [record] = wait_for_transcripts(server)
+    # In the order of their indexes: the call at the enormous index comes last.
+    assert record["tool_calls"] == redacted_tool_calls()[::-1]
+
+    for body in (
+        {"query": "[manytools] hi"},
+        {"query": "[manytools] hi", "media_type": "text/plain"},
+    ):
+        many = requests.post(f"{server.url}/v1/streaming_query", json=body, timeout=15)
+        assert many.status_code == 502, many.text
+        assert "more than" in many.json()["detail"]["cause"]
+        assert "tool calls" in many.json()["detail"]["cause"]
+    assert MANY_TOOL_CALLS > openai.MAX_TOOL_CALLS
+    assert len(transcript_files(server)) == 1
+    assert "Traceback" not in server.log()
 
 
 def test_a_lone_surrogate_from_the_provider_streams_and_is_stored_as_u_fffd(

@@ -96,3 +96,44 @@ def test_attachments_travel_inline_and_images_as_image_parts() -> None:
     }
     plain = QueryRequest(query="Why?", conversation_id="c", identity=Identity(user_id="u"))
     assert openai._user_content(plain) == "Why?"
+
+
+def test_streamed_tool_call_fragments_are_joined_by_index() -> None:
+    calls = openai._StreamedToolCalls()
+    fragments: list[object] = [
+        [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "b"}}],
+        [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "a"}}],
+        [{"index": 1, "function": {"arguments": '{"x"'}}, "not an object"],
+        [{"index": 0, "function": {"arguments": "{}"}}, {"index": 1, "function": {}}],
+        # A name or an id repeated in a later fragment does not replace the first.
+        [{"index": 1, "id": "call_b", "function": {"name": "", "arguments": ": 1}"}}],
+        None,
+    ]
+    for delta_calls in fragments:
+        assert calls.add(delta_calls)
+    assert calls.assembled() == (
+        {"id": "call_a", "type": "function", "function": {"name": "a", "arguments": "{}"}},
+        {"id": "call_b", "type": "function", "function": {"name": "b", "arguments": '{"x": 1}'}},
+    )
+
+
+def test_streamed_tool_calls_without_an_index_continue_the_latest_unless_a_new_id() -> None:
+    calls = openai._StreamedToolCalls()
+    assert calls.add([{"id": "call_a", "function": {"name": "a", "arguments": "{"}}])
+    assert calls.add([{"function": {"arguments": "}"}}])
+    assert calls.add([{"id": "call_b", "function": {"name": "b", "arguments": "[]"}}])
+    assert [call["function"] for call in calls.assembled()] == [
+        {"name": "a", "arguments": "{}"},
+        {"name": "b", "arguments": "[]"},
+    ]
+
+
+def test_streamed_tool_calls_are_bounded_in_number_not_by_their_index() -> None:
+    calls = openai._StreamedToolCalls()
+    assert calls.add([{"index": 10**30, "function": {"arguments": "\ud83d"}}])
+    for index in range(openai.MAX_TOOL_CALLS - 1):
+        assert calls.add([{"index": index}])
+    assert calls.add([{"index": 0, "function": {"arguments": "more for a call that exists"}}])
+    assert not calls.add([{"index": openai.MAX_TOOL_CALLS}])
+    # Lone surrogates come out as they went in, for the service to replace like any other.
+    assert calls.assembled()[-1] == {"function": {"arguments": "\ud83d"}}
