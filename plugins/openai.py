@@ -343,7 +343,7 @@ class OpenAIProvider:
     def _chunks(self, response: requests.Response, model: str, key: str | None) -> AnswerStream:
         answered_model = model
         usage: Any = None
-        truncated = finished = False
+        truncated = finished = chosen = False
         produced = 0
         tool_calls = _StreamedToolCalls()
         patience = _Patience(self.timeout)
@@ -367,6 +367,7 @@ class OpenAIProvider:
                 for choice in choices:
                     if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                         continue
+                    chosen = True
                     delta = choice.get("delta")
                     text = _text(delta.get("content")) if isinstance(delta, Mapping) else ""
                     if isinstance(delta, Mapping) and not tool_calls.add(delta.get("tool_calls")):
@@ -384,6 +385,10 @@ class OpenAIProvider:
                         truncated = truncated or choice["finish_reason"] == "length"
         if not finished:
             raise self._failed("ended the streamed answer before it was finished")
+        if not chosen:
+            # No choice is no answer, not an empty one: a completion without any fails, and
+            # a stream fails alike.
+            raise self._failed("answered without any choices")
         input_tokens, output_tokens = _usage(usage)
         return Answer(
             text="",

@@ -35,6 +35,7 @@ a test drives it through the real service:
 ``[error-trickle]``  500 whose error body trickles in as ``[trickle]``'s does
 ``[error-cut]``    500 whose error body breaks off before its Content-Length
 ``[redirect]``     307 to ``redirect_to``, as a server that moved would answer
+``[nochoices]``    a completion (or a stream, up to its ``[DONE]``) without a single choice
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
 ``[tools]``        "Checking." and the two ``TOOL_CALLS``: a completion's message holds them
@@ -253,6 +254,16 @@ class _Handler(BaseHTTPRequestHandler):
                 event = b'data: {"object": "chat.completion.chunk", "choices": 5}\n\n'
                 return self._send(200, event, "text/event-stream")
             return self._json(200, {"object": "chat.completion", "choices": 5})
+        if "[nochoices]" in text:
+            usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 0}
+            if body.get("stream"):
+                events = (
+                    {"model": body.get("model")},
+                    {"model": body.get("model"), "choices": [], "usage": usage},
+                )
+                data = "".join(f"data: {json.dumps(event)}\n\n" for event in events)
+                return self._send(200, f"{data}data: [DONE]\n\n".encode(), "text/event-stream")
+            return self._json(200, {"model": body.get("model"), "usage": usage})
         if "[trickle]" in text and not body.get("stream"):
             data = json.dumps(recorded_completion()).encode()
             self.send_response(200)

@@ -111,6 +111,21 @@ def test_choices_of_the_wrong_type_are_a_provider_failure_not_a_500(
     assert "Traceback" not in server.log()
 
 
+def test_an_answer_without_any_choices_fails_however_it_is_asked_for(
+    standin: StandIn, server_factory: Callable[..., RunningServer]
+) -> None:
+    """A stream that ends, [DONE] and all, without a choice produced no answer, as a plain
+    completion without one does not: both fail the same way, and nothing is stored."""
+    server = openai_server(server_factory, standin)
+    for outcome in ask_every_way(server, "[nochoices] hi"):
+        assert outcome.status == 502, outcome
+        assert outcome.error == (
+            "The model provider failed: Provider 'llm' answered without any choices"
+        ), outcome
+    assert transcript_count(server) == 0
+    assert "Traceback" not in server.log()
+
+
 def test_tool_calls_that_are_not_objects_are_left_out_not_a_500(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
