@@ -74,6 +74,13 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BYTES = 1024 * 1024
 # Upstream error text is passed on to help, but a page of HTML from a proxy helps nobody.
 MAX_UPSTREAM_MESSAGE = 300
+# Token counts are passed on as JSON numbers: past 2**53 - 1 many clients read them inexactly,
+# and no answer comes near it. A server reporting more, or a count that is no whole number,
+# reports no usage worth keeping.
+MAX_TOKEN_COUNT = 2**53 - 1
+# A model's name as the transcript records it: Hugging Face ids and paths on a model server
+# run to a few dozen characters, and anything far longer is not a name.
+MAX_MODEL_NAME = 256
 # Far more calls than a model makes in one answer (OpenAI offers it at most 128 tools), while
 # each call a stream opens is kept until the stream ends.
 MAX_TOOL_CALLS = 128
@@ -333,7 +340,7 @@ class OpenAIProvider:
         input_tokens, output_tokens = _usage(body.get("usage"))
         return Answer(
             text=_text(message.get("content")),
-            model=str(body.get("model") or model),
+            model=_model_name(body.get("model"), model),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             truncated=choice.get("finish_reason") == "length",
@@ -359,7 +366,7 @@ class OpenAIProvider:
                     raise self._failed(
                         f"reported an error while streaming: {_upstream_message(event, key)}"
                     )
-                answered_model = str(event.get("model") or answered_model)
+                answered_model = _model_name(event.get("model"), answered_model)
                 usage = event.get("usage") or usage
                 choices = event.get("choices") or []
                 if not isinstance(choices, list):
@@ -728,7 +735,18 @@ def _usage(usage: Any) -> tuple[int, int]:
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    """A token count as a whole number from 0 to ``MAX_TOKEN_COUNT``, else 0 as for a count
+    the server did not give: ``true`` is an int to Python, and a count of four thousand
+    digits would go into every answer and transcript as it came."""
+    return value if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT else 0
+
+
+def _model_name(value: Any, fallback: str) -> str:
+    """The model the server says answered, when it says so with a name; else ``fallback``,
+    as when it says nothing: an object or a number would be recorded as Python spells it."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_NAME:
+        return value
+    return fallback
 
 
 def _upstream_message(body: Any, key: str | None) -> str:

@@ -35,6 +35,7 @@ a test drives it through the real service:
 ``[error-trickle]``  500 whose error body trickles in as ``[trickle]``'s does
 ``[error-cut]``    500 whose error body breaks off before its Content-Length
 ``[redirect]``     307 to ``redirect_to``, as a server that moved would answer
+``[oddnumbers]``   an answer that names ``odd_model`` as its model and reports ``odd_usage``
 ``[nochoices]``    a completion (or a stream, up to its ``[DONE]``) without a single choice
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
@@ -104,6 +105,8 @@ class StandIn:
     trickle_interval: float = 0.2
     redirect_to: str = ""
     rate_limit_headers: dict[str, str] = field(default_factory=lambda: {"Retry-After": "7"})
+    odd_model: Any = None
+    odd_usage: Any = None
     requests: list[Recorded] = field(default_factory=list)
     gate: threading.Event = field(default_factory=threading.Event)
     last_token_sent: threading.Event = field(default_factory=threading.Event)
@@ -327,13 +330,14 @@ class _Handler(BaseHTTPRequestHandler):
         tokens = ANSWER_TOKENS[:3] if "[length]" in text else ANSWER_TOKENS
         if "[surrogate]" in text:
             tokens = SURROGATE_TOKENS
+        odd = "[oddnumbers]" in text
         return self._json(
             200,
             {
                 "id": "chatcmpl-standin",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": body.get("model"),
+                "model": standin.odd_model if odd else body.get("model"),
                 "choices": [
                     {
                         "index": 0,
@@ -342,7 +346,9 @@ class _Handler(BaseHTTPRequestHandler):
                         "finish_reason": "length" if "[length]" in text else "stop",
                     }
                 ],
-                "usage": {
+                "usage": standin.odd_usage
+                if odd
+                else {
                     "prompt_tokens": PROMPT_TOKENS,
                     "completion_tokens": len(tokens),
                     "total_tokens": PROMPT_TOKENS + len(tokens),
@@ -399,7 +405,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _events(self, body: dict[str, Any], text: str) -> Iterator[str]:
         standin = self.owner
-        model = body.get("model")
+        odd = "[oddnumbers]" in text
+        model = standin.odd_model if odd else body.get("model")
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
             event = {
@@ -455,7 +462,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "created": int(time.time()),
                 "model": model,
                 "choices": [],
-                "usage": {
+                "usage": standin.odd_usage
+                if odd
+                else {
                     "prompt_tokens": PROMPT_TOKENS,
                     "completion_tokens": len(tokens),
                     "total_tokens": PROMPT_TOKENS + len(tokens),

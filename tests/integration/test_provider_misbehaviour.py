@@ -126,6 +126,55 @@ def test_an_answer_without_any_choices_fails_however_it_is_asked_for(
     assert "Traceback" not in server.log()
 
 
+THOUSANDS_OF_DIGITS = int("9" * 4000)
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "recorded"),
+    [
+        (
+            {"name": "gpt-4o"},
+            {"prompt_tokens": THOUSANDS_OF_DIGITS, "completion_tokens": THOUSANDS_OF_DIGITS},
+            ("gpt-4o-mini", 0, 0),
+        ),
+        (7, {"prompt_tokens": 2**53, "completion_tokens": -1}, ("gpt-4o-mini", 0, 0)),
+        ("m" * 10_000, {"prompt_tokens": True, "completion_tokens": 5.0}, ("gpt-4o-mini", 0, 0)),
+        (
+            "granite-3.3-8b-instruct",
+            {"prompt_tokens": 2**53 - 1, "completion_tokens": 0},
+            ("granite-3.3-8b-instruct", 2**53 - 1, 0),
+        ),
+    ],
+)
+def test_odd_token_counts_and_model_names_fall_back_as_missing_ones_do(
+    standin: StandIn,
+    server_factory: Callable[..., RunningServer],
+    model: Any,
+    usage: dict[str, Any],
+    recorded: tuple[str, int, int],
+) -> None:
+    standin.odd_model, standin.odd_usage = model, usage
+    server = openai_server(server_factory, standin)
+    answered_model, input_tokens, output_tokens = recorded
+    query, events, plain = ask_every_way(server, "[oddnumbers] hi")
+    assert query.status == 200, query
+    answer = json.loads(query.text)
+    assert (answer["input_tokens"], answer["output_tokens"]) == (input_tokens, output_tokens)
+    assert events.status == 200, events
+    end = json.loads(events.text.strip().splitlines()[-1].removeprefix("data: "))
+    assert end["event"] == "end", events
+    assert (end["data"]["input_tokens"], end["data"]["output_tokens"]) == (
+        input_tokens,
+        output_tokens,
+    )
+    assert plain.status == 200, plain
+    records = [
+        json.loads(path.read_text()) for path in (server.root / "transcripts").rglob("*.json")
+    ]
+    assert [record["metadata"]["model"] for record in records] == [answered_model] * 3
+    assert "Traceback" not in server.log()
+
+
 def test_tool_calls_that_are_not_objects_are_left_out_not_a_500(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
