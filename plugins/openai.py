@@ -577,19 +577,31 @@ def _server_sent_data(
 
 
 def _lines(response: requests.Response, patience: _Patience | None) -> Iterator[bytes]:
-    """The lines of the body; a line that spans many blocks is gathered once, not copied
-    again with each block."""
+    """The lines of the body, each ended by CRLF, LF or a CR alone, as Server-Sent Events
+    allow. A line within one block is sliced out of it; a line that spans many blocks is
+    gathered once, not copied again with each block. A CRLF split between two blocks is one
+    line ending: the LF that opens a block after one that ended in CR belongs to that CR."""
     pending = bytearray()
+    after_cr = False
     for block in _blocks(response, patience):
-        start = 0
-        while (end := block.find(b"\n", start)) != -1:
-            pending += block[start:end]
-            yield bytes(pending).rstrip(b"\r")
-            pending.clear()
-            start = end + 1
-        pending += block[start:]
+        if not block:
+            continue
+        if after_cr and block.startswith(b"\n"):
+            block = block[1:]
+        after_cr = block.endswith(b"\r")
+        # bytes.splitlines ends lines at CRLF, LF and CR, and at nothing else.
+        for line in block.splitlines(keepends=True):
+            ending = 2 if line.endswith(b"\r\n") else 1 if line.endswith((b"\r", b"\n")) else 0
+            if not ending:
+                pending += line
+            elif pending:
+                pending += memoryview(line)[:-ending]
+                yield bytes(pending)
+                pending.clear()
+            else:
+                yield line[:-ending]
     if pending:
-        yield bytes(pending).rstrip(b"\r")
+        yield bytes(pending)
 
 
 def _blocks(

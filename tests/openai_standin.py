@@ -36,6 +36,9 @@ a test drives it through the real service:
 ``[error-cut]``    500 whose error body breaks off before its Content-Length
 ``[redirect]``     307 to ``redirect_to``, as a server that moved would answer
 ``[oddnumbers]``   an answer that names ``odd_model`` as its model and reports ``odd_usage``
+``[cr]``           stream with every line ended by a bare CR, as Server-Sent Events allow
+                   (with ``[keepalive]``: its comments too)
+``[crlf-split]``   stream with CRLF line endings, each event's first CR and LF sent apart
 ``[nochoices]``    a completion (or a stream, up to its ``[DONE]``) without a single choice
 ``[oddtools]``     a completion whose ``tool_calls`` hold a string, a number and a null
                    besides one real call
@@ -369,7 +372,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             if "[keepalive]" in text:
-                return self._trickle([b": ping\n\n"] * 1000, chunked=True)
+                ping = b": ping\r\r" if "[cr]" in text else b": ping\n\n"
+                return self._trickle([ping] * 1000, chunked=True)
             if "[enormous]" in text:
                 first, piece = (
                     json.dumps({"choices": [{"index": 0, "delta": {"content": content}}]})
@@ -395,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
                 for index, line in enumerate(self._events(body, text)):
                     if index == 2 and error is not None:
                         line = f"data: {json.dumps(error)}\n\n"
-                    self._write(line, chunked)
+                    self._write_event(line, text, chunked)
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
@@ -502,6 +506,19 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         except (BrokenPipeError, ConnectionResetError):
             standin.client_went_away.set()
+
+    def _write_event(self, event: str, text: str, chunked: bool) -> None:
+        """``event``, its lines ended as the directives in ``text`` ask."""
+        if "[cr]" in text:
+            return self._write(event.replace("\n", "\r"), chunked)
+        if "[crlf-split]" in text:
+            event = event.replace("\n", "\r\n")
+            cut = event.index("\r") + 1
+            self._write(event[:cut], chunked)
+            # Long enough for the reader to take the CR in a read of its own.
+            time.sleep(0.02)
+            return self._write(event[cut:], chunked)
+        return self._write(event, chunked)
 
     def _write(self, text: str, chunked: bool) -> None:
         data = text.encode("utf-8")

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import RunningServer
-from tests.openai_standin import ENORMOUS_BYTES, StandIn
+from tests.openai_standin import ENORMOUS_BYTES, PROMPT_TOKENS, StandIn
 
 API_KEY = "sk-test-0123456789abcdef-SECRET"
 
@@ -278,6 +278,33 @@ def test_an_answer_that_trickles_in_times_out_instead_of_hanging(
     statuses = [outcome.status for outcome in ask_every_way(server, f"{directive} hi")]
     # The trickled stream sent its first token in time, so its status line was 200.
     assert statuses == ([504, 200, 200] if directive == "[trickle]" else [504, 504, 504])
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("directive", ["[cr]", "[crlf-split]"])
+def test_events_ended_by_any_line_ending_the_standard_allows_are_read(
+    standin: StandIn, server_factory: Callable[..., RunningServer], directive: str
+) -> None:
+    server = openai_server(server_factory, standin)
+    events, plain = ask_every_way(server, f"{directive} hi")[1:]
+    for outcome in (events, plain):
+        assert outcome.status == 200, outcome
+        assert outcome.error is None, outcome
+    tokens = [
+        json.loads(line.removeprefix("data: "))
+        for line in events.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert "".join(e["data"]["token"] for e in tokens if e["event"] == "token") == (
+        "Pods are the smallest units."
+    )
+    assert tokens[-1]["event"] == "end"
+    assert tokens[-1]["data"]["input_tokens"] == PROMPT_TOKENS
+    assert plain.text == "Pods are the smallest units."
+    # The wait for the next piece is bounded all the same.
+    for outcome in ask_every_way(server, f"[keepalive] {directive} hi")[1:]:
+        assert outcome.status == 504, outcome
+        assert outcome.elapsed < 4, outcome
     assert "Traceback" not in server.log()
 
 

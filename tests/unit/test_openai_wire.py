@@ -46,6 +46,22 @@ def test_server_sent_events_are_framed_however_the_bytes_arrive(size: int) -> No
     assert events == ['{"a": 1}', "line one\nline two", "caf\u00e9", "[DONE]"]
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 65536])
+def test_server_sent_events_may_end_lines_in_cr_lf_or_both(size: int) -> None:
+    body = (
+        b'data: {"a": 1}\r\r'
+        b"data: line one\r"
+        b"data:line two\r\n\r\n"
+        b": a comment\r"
+        b"data: three\n\r"
+        b"data: four\r\r\n"
+        b"data: five\r\n\n"
+        b"data: [DONE]\r"
+    )
+    events = list(openai._server_sent_data(response_over(Trickle(body, size))))
+    assert events == ['{"a": 1}', "line one\nline two", "three", "four", "five", "[DONE]"]
+
+
 def test_bytes_io_bodies_work_too() -> None:
     events = list(openai._server_sent_data(response_over(io.BytesIO(b"data: x\n\n"))))
     assert events == ["x"]
