@@ -84,6 +84,11 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         server.stop()
     assert len(storage_records(root)) == len(USERS) * 3 * 4
+    # A backlog, stored a minute ago: every collector cycle packs it, whichever test runs
+    # first (records younger than min_record_age_seconds wait for a later cycle).
+    a_minute_ago = time.time() - 60
+    for path in root.rglob("*.json"):
+        os.utime(path, (a_minute_ago, a_minute_ago))
     return root
 
 
@@ -781,9 +786,11 @@ def metric(text: str, name: str) -> float | None:
 def test_serve_exposes_export_metrics(
     recorded: Path,
     tmp_path: Path,
-    server_factory: Callable[..., RunningServer],
     stubs: Callable[..., Stub],
+    server_factory: Callable[..., RunningServer],
 ) -> None:
+    # Fixtures are torn down in reverse: the server (and its final cycle) stops while the
+    # receiver still answers, instead of retrying against a stopped one.
     stub = stubs("--fail-first", "1", "--fail-status", "503", "--retry-after", "1")
     server, originals = serve_with_collector(recorded, tmp_path, server_factory, stub)
 
