@@ -422,6 +422,15 @@ def _keys_from_jwks(document: Any) -> tuple[SigningKey, ...]:
             continue
         if item.get("kty") == "oct":
             continue  # shared secrets have no place in a key set anyone may read
+        if "d" in item:
+            # The private part of an RSA, EC or OKP key: whoever read the key set can sign
+            # with it, so nothing it verifies proves anything.
+            log.warning(
+                "jwk-token: skipping key %s: it holds a private key, which a key set must "
+                "never publish",
+                item.get("kid"),
+            )
+            continue
         try:
             jwk = jwt.PyJWK(dict(item))
         except jwt.PyJWTError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 import pytest
 import requests
+from jwt.algorithms import RSAAlgorithm
 
 from tests.conftest import RunningServer, run_config_check
 from tests.jwt_support import AUDIENCE, ISSUER, JwksServer, SigningKey
@@ -303,6 +304,25 @@ def test_a_jwks_url_serving_junk_is_503_not_500(
     assert response.status_code == 503, response.text
     assert "cannot fetch signing keys" in server.log()
     assert "Traceback" not in server.log()
+
+
+def test_a_private_key_published_in_the_jwks_is_never_used(
+    server_factory: Callable[..., RunningServer], rsa_key: SigningKey, ec_key: SigningKey
+) -> None:
+    # Anyone who can read the key set could sign with a private key published there.
+    published = json.loads(RSAAlgorithm.to_jwk(rsa_key.private))
+    published.update({"kid": "leaked", "use": "sig", "alg": "RS256"})
+    jwks = JwksServer(body=json.dumps({"keys": [published, ec_key.jwk()]}).encode()).start()
+    try:
+        server = server_factory(jwk_settings(jwks_url=jwks.url))
+        forged = SigningKey("leaked", "RS256", rsa_key.private).token()
+        assert "'leaked' is not known" in cause(ask(server, forged))
+        assert ask(server, ec_key.token()).status_code == 200
+    finally:
+        jwks.stop()
+    log = server.log()
+    assert "jwk-token: skipping key leaked: it holds a private key" in log
+    assert "Traceback" not in log
 
 
 def test_the_log_masks_the_password_and_query_of_the_jwks_url(
