@@ -58,6 +58,8 @@ ASYMMETRIC_ALGORITHMS = (
     "ES512",
     "EdDSA",
 )
+RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+EC_CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 DEFAULTS: dict[str, Any] = {
     "user_id_claim": "sub",
     "username_claim": "preferred_username",
@@ -178,8 +180,10 @@ class SigningKeysUnavailable(CollectorError):
 class SigningKey:
     key_id: str | None
     key: Any
-    algorithm: str | None
-    """The algorithm the key is restricted to, when its JWK says so."""
+    algorithms: frozenset[str]
+    """The algorithms the key can verify: those its type (and curve) allow, narrowed to its
+    JWK's ``alg`` when it names one. PyJWT given a key of the wrong type for a token's
+    algorithm fails with a ``TypeError``, not a verdict, so tokens never reach such a key."""
 
 
 class KeySource(Protocol):
@@ -322,8 +326,7 @@ class JwkTokenAuthenticator:
         candidates = [
             key
             for key in self._source.keys(key_id)
-            if (key_id is None or key.key_id in (key_id, None))
-            and key.algorithm in (None, algorithm)
+            if (key_id is None or key.key_id in (key_id, None)) and algorithm in key.algorithms
         ]
         if not candidates:
             if key_id is not None:
@@ -438,13 +441,13 @@ def _keys_from_jwks(document: Any) -> tuple[SigningKey, ...]:
             continue
         kid = item.get("kid")
         alg = item.get("alg")
-        keys.append(
-            SigningKey(
-                kid if isinstance(kid, str) else None,
-                jwk.key,
-                alg if isinstance(alg, str) else None,
-            )
-        )
+        algorithms = _algorithms_for(jwk.key)
+        if isinstance(alg, str):
+            algorithms &= {alg}
+        if not algorithms:
+            log.warning("jwk-token: skipping key %s: no accepted algorithm suits it", kid)
+            continue
+        keys.append(SigningKey(kid if isinstance(kid, str) else None, jwk.key, algorithms))
     if not keys:
         raise ValueError("the JWKS holds no usable signature keys")
     return tuple(keys)
@@ -492,11 +495,31 @@ def _keys_from_pem(data: bytes) -> tuple[SigningKey, ...]:
             raise ValueError(
                 f"PEM block {index + 1} is not a public key or certificate that can be read"
             ) from None
-        keys.append(SigningKey(None, key, None))
+        algorithms = _algorithms_for(key)
+        if not algorithms:
+            raise ValueError(
+                f"PEM block {index + 1} holds a {type(key).__name__}, which no accepted "
+                "algorithm verifies"
+            )
+        keys.append(SigningKey(None, key, algorithms))
     if not keys:
         # As for a JWKS without usable keys: a key file that verifies nothing is a mistake.
         raise ValueError("the PEM file holds no public key or certificate")
     return tuple(keys)
+
+
+def _algorithms_for(key: Any) -> frozenset[str]:
+    """The algorithms a public key can verify, by its type and, for EC keys, its curve."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if isinstance(key, rsa.RSAPublicKey):
+        return RSA_ALGORITHMS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        algorithm = EC_CURVE_ALGORITHMS.get(key.curve.name)
+        return frozenset({algorithm}) if algorithm else frozenset()
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return frozenset({"EdDSA"})
+    return frozenset()
 
 
 def _describe(exc: Exception) -> str:

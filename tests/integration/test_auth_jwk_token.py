@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import RSAAlgorithm
 
 from tests.conftest import RunningServer, run_config_check
@@ -196,6 +198,49 @@ def test_local_pem_file_and_configurable_claims(
     os.replace(staging, pem)
     assert ask(server, replacement.token(uid="u-43")).status_code == 200
     assert ask(server, token).status_code == 401
+
+
+def _forged(algorithm: str, private: Any, kid: str | None) -> str:
+    """A token signed with ``private`` under ``algorithm``, whatever key ``kid`` names."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "mallory", "iat": now, "exp": now + 300}
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode(claims, private, algorithm=algorithm, headers=headers)
+
+
+def test_a_token_whose_algorithm_does_not_suit_the_key_is_401_not_500(
+    server_factory: Callable[..., RunningServer],
+    rsa_key: SigningKey,
+    ec_key: SigningKey,
+    tmp_path: Path,
+) -> None:
+    # Many identity providers publish keys without "alg", and a PEM file never names one:
+    # the key's type and curve are all there is to match a token's algorithm against.
+    bare = [{k: v for k, v in key.jwk().items() if k != "alg"} for key in (rsa_key, ec_key)]
+    jwks = JwksServer(body=json.dumps({"keys": bare}).encode()).start()
+    pem = tmp_path / "idp.pem"
+    pem.write_bytes(rsa_key.public_pem() + ec_key.public_pem())
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    try:
+        for settings in ({"jwks_url": jwks.url}, {"jwks_file": str(pem)}):
+            server = server_factory(jwk_settings(**settings), name=next(iter(settings)))
+            for key in (rsa_key, ec_key):
+                for with_kid in (True, False):
+                    response = ask(server, key.token(with_kid=with_kid))
+                    assert response.status_code == 200, (settings, key.kid, response.text)
+            assert ask(server, _forged("PS256", rsa_key.private, "rsa-1")).status_code == 200
+            for token in (
+                _forged("RS256", SigningKey.rsa("x").private, "ec-1"),
+                _forged("ES256", ec.generate_private_key(ec.SECP256R1()), "rsa-1"),
+                _forged("ES384", p384, "ec-1"),
+                _forged("ES384", p384, None),
+                _forged("ES512", ec.generate_private_key(ec.SECP521R1()), None),
+                _forged("EdDSA", ed25519.Ed25519PrivateKey.generate(), None),
+            ):
+                cause(ask(server, token))
+            assert "Traceback" not in server.log()
+    finally:
+        jwks.stop()
 
 
 def test_identity_provider_down_is_503_not_401(
