@@ -1,8 +1,9 @@
 """The ``jwk-token`` authenticator: a JWT from an identity provider, checked with PyJWT.
 
 The signing keys come from the provider's JWKS URL (cached; fetched again when a token names
-a key id that is not cached, at most every ``jwks_min_refresh_seconds``, so a flood of made-up
-key ids cannot turn into a flood of fetches) or from a local JWKS or PEM file (read again
+a key id that is not cached, or after a failed fetch, at most every
+``jwks_min_refresh_seconds``, so neither a flood of made-up key ids nor a flood of requests
+while the provider is down turns into a flood of fetches) or from a local JWKS or PEM file (read again
 when it changes). Only asymmetric algorithms are accepted; ``exp`` is required, ``iss`` and
 ``aud`` are checked when configured, all with a small leeway for clock skew. Which claims
 carry the user id, the user name and the roles is configurable.
@@ -160,7 +161,8 @@ SETTINGS_SCHEMA: dict[str, Any] = {
             "minimum": 0,
             "maximum": 86_400,
             "default": DEFAULTS["jwks_min_refresh_seconds"],
-            "description": "Least time between two fetches caused by tokens naming an unknown key.",
+            "description": "Least time between two fetches caused by tokens naming an unknown "
+            "key, or after a fetch that failed.",
         },
     },
     "oneOf": [{"required": ["jwks_url"]}, {"required": ["jwks_file"]}],
@@ -200,36 +202,46 @@ class JwksUrl:
         self.min_refresh_seconds = min_refresh_seconds
         self._keys: tuple[SigningKey, ...] = ()
         self._fetched_at: float | None = None
+        """When the keys were last fetched successfully."""
+        self._attempted_at: float | None = None
+        """When a fetch was last tried, whatever came of it."""
         self._lock = threading.Lock()
 
     def keys(self, key_id: str | None) -> Sequence[SigningKey]:
         with self._lock:
             now = time.monotonic()
-            stale = self._fetched_at is None or now - self._fetched_at >= self.cache_seconds
-            unknown = key_id is not None and all(k.key_id != key_id for k in self._keys)
-            may_refresh = (
-                self._fetched_at is None or now - self._fetched_at >= self.min_refresh_seconds
-            )
-            if stale or (unknown and may_refresh):
+            if self._needs_refresh(key_id, now):
                 self._refresh(now)
+            if not self._keys:
+                raise SigningKeysUnavailable(
+                    "The identity provider's signing keys cannot be fetched; try again later"
+                )
             return self._keys
+
+    def _needs_refresh(self, key_id: str | None, now: float) -> bool:
+        """Whether to fetch the keys now. Never twice within ``min_refresh_seconds``, not
+        even while none could be fetched yet: every request would otherwise ask a failing
+        identity provider again, and wait for it."""
+        if self._attempted_at is not None and now - self._attempted_at < self.min_refresh_seconds:
+            return False
+        if self._fetched_at is None or now - self._fetched_at >= self.cache_seconds:
+            return True
+        return key_id is not None and all(k.key_id != key_id for k in self._keys)
 
     def _refresh(self, now: float) -> None:
         import jwt
 
         where = masked_url(self.url)
+        self._attempted_at = now
         try:
             keys = _keys_from_jwks(_json_document(self._fetch()))
         except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
             reason = _reason(exc)
             if self._keys:
                 log.warning("jwk-token: cannot refresh %s (%s); using cached keys", where, reason)
-                self._fetched_at = now
-                return
-            log.error("jwk-token: cannot fetch signing keys from %s: %s", where, reason)
-            raise SigningKeysUnavailable(
-                "The identity provider's signing keys cannot be fetched; try again later"
-            ) from None
+            else:
+                log.error("jwk-token: cannot fetch signing keys from %s: %s", where, reason)
+            return
         log.info("jwk-token: fetched %d signing keys from %s", len(keys), where)
         self._keys = keys
         self._fetched_at = now

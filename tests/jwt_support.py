@@ -68,6 +68,7 @@ class JwksServer:
     keys: list[SigningKey] = field(default_factory=list)
     body: bytes | None = None
     """Served instead of the JWKS of ``keys`` when set."""
+    status: int = 200
     fetches: int = 0
     server: ThreadingHTTPServer | None = None
 
@@ -92,7 +93,7 @@ class JwksServer:
                 data = (
                     owner.body if owner.body is not None else json.dumps(owner.document()).encode()
                 )
-                self.send_response(200 if self.path == "/jwks.json" else 404)
+                self.send_response(owner.status if self.path == "/jwks.json" else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

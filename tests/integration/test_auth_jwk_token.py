@@ -256,6 +256,24 @@ def test_identity_provider_down_is_503_not_401(
     assert "Traceback" not in server.log()
 
 
+def test_a_failing_identity_provider_is_not_asked_again_for_every_request(
+    server_factory: Callable[..., RunningServer], rsa_key: SigningKey
+) -> None:
+    failing = JwksServer(keys=[rsa_key], status=500).start()
+    try:
+        server = server_factory(jwk_settings(jwks_url=failing.url, jwks_min_refresh_seconds=2))
+        for _ in range(10):
+            assert ask(server, rsa_key.token()).status_code == 503
+        assert failing.fetches == 1
+        failing.status = 200
+        time.sleep(2.2)
+        assert ask(server, rsa_key.token()).status_code == 200
+        assert failing.fetches == 2
+    finally:
+        failing.stop()
+    assert server.log().count("cannot fetch signing keys") == 1
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
