@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
+import urllib3.exceptions
 
 if TYPE_CHECKING:
     import jwt
@@ -154,7 +155,7 @@ SETTINGS_SCHEMA: dict[str, Any] = {
             # every fetch. Ten minutes is already far beyond any identity provider.
             "maximum": 600,
             "default": DEFAULTS["jwks_timeout_seconds"],
-            "description": "Timeout for fetching the JWKS.",
+            "description": "Time allowed for fetching the JWKS, from connecting to its last byte.",
         },
         "jwks_min_refresh_seconds": {
             "type": "number",
@@ -235,7 +236,13 @@ class JwksUrl:
         self._attempted_at = now
         try:
             keys = _keys_from_jwks(_json_document(self._fetch()))
-        except (requests.RequestException, ValueError, jwt.PyJWTError) as exc:
+        except (
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            OSError,
+            ValueError,
+            jwt.PyJWTError,
+        ) as exc:
             reason = _reason(exc)
             if self._keys:
                 log.warning("jwk-token: cannot refresh %s (%s); using cached keys", where, reason)
@@ -247,17 +254,25 @@ class JwksUrl:
         self._fetched_at = now
 
     def _fetch(self) -> bytes:
+        """The key set's bytes, within ``timeout`` seconds in all. The timeout requests
+        applies bounds each read, so a server sending a byte now and then would otherwise
+        hold the fetch, and every request waiting for keys, for as long as it likes."""
+        deadline = time.monotonic() + self.timeout
         with requests.get(
             self.url, timeout=self.timeout, headers={"Accept": "application/json"}, stream=True
         ) as response:
             if response.status_code >= 400:
                 raise ValueError(f"HTTP {response.status_code}")
-            data = b""
-            for block in response.iter_content(64 * 1024):
+            data = bytearray()
+            # read1 returns what one read brings, where iter_content would wait for a full
+            # block, so the deadline is looked at as the bytes come in.
+            for block in iter(lambda: response.raw.read1(64 * 1024, decode_content=True), b""):
                 data += block
                 if len(data) > MAX_KEYS_BYTES:
                     raise ValueError(f"the answer is larger than {MAX_KEYS_BYTES} bytes")
-            return data
+                if time.monotonic() > deadline:
+                    raise ValueError(f"it did not send the key set within {self.timeout:g} s")
+            return bytes(data)
 
 
 class KeyFile:
@@ -542,7 +557,7 @@ def _describe(exc: Exception) -> str:
 
 def _reason(exc: Exception) -> str:
     """Why a fetch failed, without the URL (and its query) that requests' messages quote."""
-    if not isinstance(exc, requests.RequestException):
+    if not isinstance(exc, requests.RequestException | urllib3.exceptions.HTTPError | OSError):
         return str(exc)
     cause = innermost_cause(exc)
     if isinstance(cause, OSError) and cause.strerror:

@@ -69,6 +69,8 @@ class JwksServer:
     body: bytes | None = None
     """Served instead of the JWKS of ``keys`` when set."""
     status: int = 200
+    byte_interval: float = 0
+    """Seconds between two bytes of the answer: a server that trickles, never quite silent."""
     fetches: int = 0
     server: ThreadingHTTPServer | None = None
 
@@ -97,7 +99,16 @@ class JwksServer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if not owner.byte_interval:
+                    self.wfile.write(data)
+                    return
+                try:
+                    for index in range(len(data)):
+                        self.wfile.write(data[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(owner.byte_interval)
+                except OSError:
+                    pass  # the service gave up waiting, as it should
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -274,6 +274,22 @@ def test_a_failing_identity_provider_is_not_asked_again_for_every_request(
     assert server.log().count("cannot fetch signing keys") == 1
 
 
+def test_a_jwks_url_that_trickles_its_answer_is_given_up_on_within_the_timeout(
+    server_factory: Callable[..., RunningServer], rsa_key: SigningKey
+) -> None:
+    # One byte at a time, each well within the timeout: the whole answer would take minutes.
+    trickling = JwksServer(keys=[rsa_key], byte_interval=0.2).start()
+    try:
+        server = server_factory(jwk_settings(jwks_url=trickling.url, jwks_timeout_seconds=1))
+        started = time.monotonic()
+        response = ask(server, rsa_key.token())
+        assert response.status_code == 503, response.text
+        assert time.monotonic() - started < 5
+    finally:
+        trickling.stop()
+    assert "it did not send the key set within 1 s" in server.log()
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
