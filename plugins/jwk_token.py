@@ -258,10 +258,21 @@ class JwksUrl:
         applies bounds each read, so a server sending a byte now and then would otherwise
         hold the fetch, and every request waiting for keys, for as long as it likes."""
         deadline = time.monotonic() + self.timeout
+        # Keys are trusted for where they come from: a redirect could lead to any server,
+        # from https to plain http included, so only the configured URL is asked.
         with requests.get(
-            self.url, timeout=self.timeout, headers={"Accept": "application/json"}, stream=True
+            self.url,
+            timeout=self.timeout,
+            headers={"Accept": "application/json"},
+            stream=True,
+            allow_redirects=False,
         ) as response:
-            if response.status_code >= 400:
+            if response.is_redirect:
+                raise ValueError(
+                    f"HTTP {response.status_code}: redirects are not followed; configure the "
+                    f"URL it points to ({masked_url(response.headers['location'])})"
+                )
+            if response.status_code >= 300:
                 raise ValueError(f"HTTP {response.status_code}")
             data = bytearray()
             # read1 returns what one read brings, where iter_content would wait for a full

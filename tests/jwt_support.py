@@ -69,6 +69,8 @@ class JwksServer:
     body: bytes | None = None
     """Served instead of the JWKS of ``keys`` when set."""
     status: int = 200
+    redirect_to: str | None = None
+    """Answered with a 302 to this URL instead of a key set when set."""
     byte_interval: float = 0
     """Seconds between two bytes of the answer: a server that trickles, never quite silent."""
     fetches: int = 0
@@ -92,10 +94,16 @@ class JwksServer:
 
             def do_GET(self) -> None:
                 owner.fetches += 1
+                if owner.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", owner.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 data = (
                     owner.body if owner.body is not None else json.dumps(owner.document()).encode()
                 )
-                self.send_response(owner.status if self.path == "/jwks.json" else 404)
+                self.send_response(owner.status if self.path.startswith("/jwks.json") else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

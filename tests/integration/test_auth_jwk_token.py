@@ -290,6 +290,27 @@ def test_a_jwks_url_that_trickles_its_answer_is_given_up_on_within_the_timeout(
     assert "it did not send the key set within 1 s" in server.log()
 
 
+def test_keys_come_only_from_the_configured_url_not_from_where_it_redirects(
+    server_factory: Callable[..., RunningServer], rsa_key: SigningKey
+) -> None:
+    # A redirect may lead anywhere, from https to plain http included, where anyone on
+    # the way can put in keys of their own.
+    mallory = SigningKey.rsa("mallory")
+    elsewhere = JwksServer(keys=[mallory]).start()
+    redirecting = JwksServer(keys=[rsa_key], redirect_to=elsewhere.url + "?sig=s3cret").start()
+    try:
+        server = server_factory(jwk_settings(jwks_url=redirecting.url))
+        response = ask(server, mallory.token())
+        assert response.status_code == 503, response.text
+        assert elsewhere.fetches == 0
+    finally:
+        redirecting.stop()
+        elsewhere.stop()
+    log = server.log()
+    assert "HTTP 302: redirects are not followed; configure the URL it points to" in log
+    assert "s3cret" not in log
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
