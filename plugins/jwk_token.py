@@ -206,18 +206,26 @@ class JwksUrl:
         """When the keys were last fetched successfully."""
         self._attempted_at: float | None = None
         """When a fetch was last tried, whatever came of it."""
-        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        """Held for a fetch, so that there is one at a time."""
 
     def keys(self, key_id: str | None) -> Sequence[SigningKey]:
-        with self._lock:
-            now = time.monotonic()
-            if self._needs_refresh(key_id, now):
-                self._refresh(now)
-            if not self._keys:
-                raise SigningKeysUnavailable(
-                    "The identity provider's signing keys cannot be fetched; try again later"
-                )
-            return self._keys
+        """The cached keys, fetched first when needed. Only a request that needs a fetch, or
+        has no keys to use yet, waits for one: a fetch caused by somebody's unknown key id
+        or by the cache expiring must not hold up tokens the cached keys can check, however
+        slowly the identity provider answers."""
+        if not self._keys or self._needs_refresh(key_id, time.monotonic()):
+            with self._refresh_lock:
+                # The fetch this request waited for may have been the one it needed.
+                now = time.monotonic()
+                if self._needs_refresh(key_id, now):
+                    self._refresh(now)
+        keys = self._keys
+        if not keys:
+            raise SigningKeysUnavailable(
+                "The identity provider's signing keys cannot be fetched; try again later"
+            )
+        return keys
 
     def _needs_refresh(self, key_id: str | None, now: float) -> bool:
         """Whether to fetch the keys now. Never twice within ``min_refresh_seconds``, not

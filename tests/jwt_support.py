@@ -71,6 +71,8 @@ class JwksServer:
     status: int = 200
     redirect_to: str | None = None
     """Answered with a 302 to this URL instead of a key set when set."""
+    delay: float = 0
+    """Seconds to wait before answering, as an overloaded identity provider does."""
     byte_interval: float = 0
     """Seconds between two bytes of the answer: a server that trickles, never quite silent."""
     fetches: int = 0
@@ -94,6 +96,7 @@ class JwksServer:
 
             def do_GET(self) -> None:
                 owner.fetches += 1
+                time.sleep(owner.delay)
                 if owner.redirect_to is not None:
                     self.send_response(302)
                     self.send_header("Location", owner.redirect_to)

@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +310,24 @@ def test_keys_come_only_from_the_configured_url_not_from_where_it_redirects(
     log = server.log()
     assert "HTTP 302: redirects are not followed; configure the URL it points to" in log
     assert "s3cret" not in log
+
+
+def test_tokens_with_cached_keys_do_not_wait_for_a_refresh_caused_by_another(
+    server_factory: Callable[..., RunningServer], jwks: JwksServer, rsa_key: SigningKey
+) -> None:
+    server = server_factory(jwk_settings(jwks_url=jwks.url, jwks_min_refresh_seconds=1))
+    assert ask(server, rsa_key.token()).status_code == 200
+    time.sleep(1.1)
+    jwks.delay = 3  # the provider is slow now; anyone may name a key id it never issued
+    made_up = SigningKey("made-up", "RS256", rsa_key.private).token()
+    with ThreadPoolExecutor(1) as pool:
+        refreshing = pool.submit(ask, server, made_up)
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert ask(server, rsa_key.token()).status_code == 200
+        assert time.monotonic() - started < 1.5
+        assert "'made-up' is not known" in cause(refreshing.result())
+    assert jwks.fetches == 2
 
 
 @pytest.mark.parametrize(
