@@ -199,6 +199,10 @@ def _load_list(path: Path) -> Any:
     except yaml.YAMLError as exc:
         # PyYAML's message quotes the offending lines, which hold keys: say where, not what.
         raise ValueError(f"{path} is not valid YAML or JSON{_yaml_where(exc)}") from None
+    except RecursionError:
+        # PyYAML builds nested collections recursively, so a few thousand brackets exhaust
+        # the stack: that is the file's fault, and must not fail the request that noticed.
+        raise ValueError(f"{path} is nested too deeply to be a list of key entries") from None
     if isinstance(data, Mapping) and set(data) == {"keys"}:
         data = data["keys"]
     return data if data is not None else []

@@ -268,8 +268,17 @@ def test_keys_file_entries_are_checked_at_start(tmp_path: Path) -> None:
         (f"- *{ALICE_KEY}\n", "is not valid YAML or JSON: found undefined alias '...' (line 1"),
         (f"- {{key_sha256: {ALICE_KEY}, user_id: x}}\n", "[0]: key_sha256: not a hex SHA-256"),
         (f"- {{key: {ALICE_KEY}, user_id: x, kye: 1}}\n", "[0]: kye: unknown key"),
+        ("[" * 5000, "is nested too deeply to be a list of key entries"),
     ],
-    ids=["quoted-key", "bare-key", "yaml-error", "yaml-alias", "key-as-digest", "unknown-key"],
+    ids=[
+        "quoted-key",
+        "bare-key",
+        "yaml-error",
+        "yaml-alias",
+        "key-as-digest",
+        "unknown-key",
+        "too-deep",
+    ],
 )
 def test_a_bad_keys_file_fails_config_check_without_echoing_keys(
     tmp_path: Path, content: str, message: str
@@ -302,6 +311,18 @@ def test_a_keys_file_broken_while_serving_is_logged_without_its_keys(
     assert "is not valid YAML or JSON" in log
     assert "keeping the keys loaded before" in log
     assert ALICE_KEY not in log
+
+
+def test_a_keys_file_nested_too_deeply_while_serving_keeps_the_keys_in_force(
+    server: RunningServer, keys_file: Path
+) -> None:
+    # PyYAML builds nested collections recursively: deep enough, Python's stack runs out.
+    keys_file.write_text("[" * 5000)
+    assert ask(server, bearer(CAROL_KEY)).status_code == 200
+    log = server.log()
+    assert "is nested too deeply to be a list of key entries" in log
+    assert "keeping the keys loaded before" in log
+    assert "Traceback" not in log
 
 
 def test_a_non_ascii_key_sent_as_utf8_is_recognised(
