@@ -216,6 +216,9 @@ def load_config(path: str | Path | None = None) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError("", f"{source} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        # PyYAML builds nested collections by recursion, one level per bracket.
+        raise ConfigError("", f"{source} nests collections too deeply to read") from None
     except ValueError:
         # PyYAML hands integer literals to int(), which refuses overly long ones.
         raise ConfigError(

@@ -309,6 +309,20 @@ def test_a_number_too_long_for_python_is_a_config_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("opening, closing", [("[", "]"), ("{a: ", "}")])
+def test_collections_nested_too_deeply_are_a_config_error(
+    tmp_path: Path, opening: str, closing: str
+) -> None:
+    """PyYAML builds nested collections by recursion; a few kilobytes of brackets exhaust
+    the interpreter's stack."""
+    path = tmp_path / "deep.yaml"
+    path.write_text("plugins: " + opening * 5000 + "1" + closing * 5000 + "\n")
+    result = run_cli("config", "check", "-c", str(path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "nests collections too deeply to read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("service: {port: 70000}\n")
