@@ -132,7 +132,7 @@ SETTINGS_SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": {"type": "string", "minLength": 1},
             "default": DEFAULTS["admin_roles"],
-            "description": "Roles from the token that grant the service's `admin` role.",
+            "description": "Roles from the token that grant the service's `admin` role; nothing else does.",
         },
         "leeway_seconds": {
             "type": "number",
@@ -366,7 +366,9 @@ class JwkTokenAuthenticator:
             raise Unauthorized("Invalid token: it is not a well-formed JWT") from None
         algorithm = header.get("alg")
         if algorithm not in self._algorithms:
-            raise Unauthorized(f"Invalid token: signing algorithm '{algorithm}' is not accepted")
+            raise Unauthorized(
+                f"Invalid token: signing algorithm '{_quoted(algorithm)}' is not accepted"
+            )
         key_id = header.get("kid")
         key_id = key_id if isinstance(key_id, str) else None
         candidates = [
@@ -376,7 +378,7 @@ class JwkTokenAuthenticator:
         ]
         if not candidates:
             if key_id is not None:
-                raise Unauthorized(f"Invalid token: signing key '{key_id}' is not known")
+                raise Unauthorized(f"Invalid token: signing key '{_quoted(key_id)}' is not known")
             raise Unauthorized("Invalid token: no signing key fits it")
         for candidate in candidates:
             try:
@@ -405,13 +407,32 @@ class JwkTokenAuthenticator:
             raise Unauthorized(f"Invalid token: no user id in claim '{self._user_id_claim}'")
         username = _claim(claims, self._username_claim)
         roles = _roles(_claim(claims, self._roles_claim))
-        if roles & self._admin_roles:
-            roles |= {"admin"}
+        # admin_roles alone decide: an identity provider's own "admin" role (a realm
+        # administrator's, say) grants nothing here unless it is listed.
+        granted = bool(roles & self._admin_roles)
+        roles.discard("admin")
+        if granted:
+            roles.add("admin")
         return Identity(
             user_id=str(user_id),
             username=username if isinstance(username, str) and username else str(user_id),
             roles=frozenset(roles),
         )
+
+
+def _quoted(value: Any) -> str:
+    """A token header's value fit to quote back in a message: the client chose it, so it is
+    cut short (a key id of a hundred kilobytes would otherwise come back whole)."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, dict | list):
+        text = "an object" if isinstance(value, dict) else "a list"
+    else:
+        text = json.dumps(value)
+    return text if len(text) <= _QUOTED_CHARACTERS else f"{text[:_QUOTED_CHARACTERS]}…"
+
+
+_QUOTED_CHARACTERS = 64
 
 
 def _claim(claims: Mapping[str, Any], path: str) -> Any:

@@ -115,6 +115,11 @@ def test_missing_expired_and_forged_tokens_are_401(
     assert "signature" in cause(ask(server, impostor.token()))
     unknown = SigningKey.rsa("rsa-unknown")
     assert "'rsa-unknown' is not known" in cause(ask(server, unknown.token()))
+    # What the client put in the header is quoted back cut short, however long it is.
+    sprawling = SigningKey(f"k{'x' * 5000}", "RS256", unknown.private)
+    answer = ask(server, sprawling.token())
+    assert answer.status_code == 401 and len(answer.content) < 500, len(answer.content)
+    assert "'kxxxxxxxx" in cause(answer) and "…" in cause(answer)
 
     # Algorithm tricks: unsigned tokens, and the public key used as an HMAC secret.
     claims = jwt.decode(rsa_key.token(), options={"verify_signature": False})
@@ -190,6 +195,16 @@ def test_local_pem_file_and_configurable_claims(
         timeout=10,
     )
     assert toggled.status_code == 200, toggled.text
+    # With admin_roles set, they alone grant admin: an identity provider's own "admin" role
+    # (a realm administrator's, say) is no say over this service.
+    realm_admin = ec_key.token(with_kid=False, uid="u-44", realm_access={"roles": ["admin"]})
+    refused = requests.put(
+        f"{server.url}/v1/feedback/status",
+        json={"status": True},
+        headers={"Authorization": f"Bearer {realm_admin}"},
+        timeout=10,
+    )
+    assert refused.status_code == 403, refused.text
     assert "no user id in claim 'uid'" in cause(ask(server, ec_key.token(with_kid=False)))
 
     # The file is read again when it changes: the old key stops working.
