@@ -50,10 +50,15 @@ KEY_ENTRY_SCHEMA: dict[str, Any] = {
         "key": {
             "type": "string",
             "minLength": 12,
-            "description": "The key itself (at least 12 characters).",
+            # A presented key is trimmed, so one that begins or ends with white space could
+            # never match: a copy-paste slip better told at start than at the first request.
+            "pattern": "^\\S(.*\\S)?$",
+            "description": "The key itself (at least 12 characters, no white space at either end).",
             "x-messages": {
                 "minLength": "keys must be at least 12 characters long",
                 "type": "a key must be a string",
+                "pattern": "a key must not begin or end with white space (a presented key is "
+                "trimmed, so it could never match)",
             },
         },
         "key_sha256": {

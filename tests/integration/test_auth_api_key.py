@@ -184,6 +184,11 @@ def test_config_dump_masks_every_key(tmp_path: Path) -> None:
             "authentication.api-key.keys.0.key: keys must be at least 12 characters long",
         ),
         (
+            # A presented key is trimmed: one that begins or ends with a space never matches.
+            {"keys": [{"key": f"{ALICE_KEY} ", "user_id": "x"}]},
+            "authentication.api-key.keys.0.key: a key must not begin or end with white space",
+        ),
+        (
             {"keys": [{"user_id": "x"}]},
             "authentication.api-key.keys.0: give exactly one of key and key_sha256",
         ),
