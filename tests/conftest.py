@@ -21,6 +21,8 @@ import requests
 import yaml
 
 from lightspeed_collector.config import Config, build_config
+from tests.export_support import Stub, start_stub
+from tests.openai_standin import StandIn
 
 NOBODY = 65534
 
@@ -198,3 +200,39 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 @pytest.fixture
 def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
     return server_factory()
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> Iterator[Callable[..., Stub]]:
+    """Starts ingress stubs (real processes) on demand; each is stopped after the test."""
+    started: list[Stub] = []
+
+    def start(*options: str, name: str = "stub") -> Stub:
+        stub = start_stub(tmp_path / name, *options)
+        started.append(stub)
+        return stub
+
+    yield start
+    for stub in started:
+        stub.stop()
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """A fake OpenAI-compatible model server; its ``slow`` answers take 2.5 s."""
+    server = StandIn(slow_seconds=2.5).start()
+    yield server
+    server.stop()
+
+
+def openai_settings(standin: StandIn, **settings: Any) -> dict[str, Any]:
+    """Service settings whose default provider, ``llm``, is an openai instance asking
+    ``standin``; ``settings`` add to or replace the instance's own."""
+    instance = {
+        "type": "openai",
+        "url": standin.url,
+        "model": "gpt-4o-mini",
+        "timeout_seconds": 1,
+        **settings,
+    }
+    return {"query": {"default_provider": "llm", "providers": {"llm": instance}}}

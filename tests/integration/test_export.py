@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,6 @@ from tests.export_support import (
     leftovers,
     multiply_records,
     run_export,
-    start_stub,
     storage_records,
     wait_for,
     write_export_config,
@@ -98,20 +97,6 @@ def data(recorded: Path, tmp_path: Path) -> Path:
     target = tmp_path / "data"
     copy_storage(recorded, target)
     return target
-
-
-@pytest.fixture
-def stubs(tmp_path: Path) -> Iterator[Callable[..., Stub]]:
-    started: list[Stub] = []
-
-    def start(*options: str, name: str = "stub") -> Stub:
-        stub = start_stub(tmp_path / name, *options)
-        started.append(stub)
-        return stub
-
-    yield start
-    for stub in started:
-        stub.stop()
 
 
 def collector_lines(stderr: str) -> list[str]:

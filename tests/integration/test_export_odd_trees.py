@@ -21,27 +21,12 @@ from tests.export_support import (
     Stub,
     archive_records,
     export_command,
-    start_stub,
     storage_records,
     write_export_config,
 )
 
 USER = "a" * 64
 LONG_AGO = 1_000_000_000
-
-
-@pytest.fixture
-def stubs(tmp_path: Path) -> Iterator[Callable[..., Stub]]:
-    started: list[Stub] = []
-
-    def start(*options: str, name: str = "stub") -> Stub:
-        stub = start_stub(tmp_path / name, *options)
-        started.append(stub)
-        return stub
-
-    yield start
-    for stub in started:
-        stub.stop()
 
 
 @pytest.fixture

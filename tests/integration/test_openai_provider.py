@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +15,14 @@ import requests
 import yaml
 
 from lightspeed_collector import validation
-from tests.conftest import RunningServer, base_settings, merge
+from tests.conftest import RunningServer, base_settings, merge, openai_settings
 from tests.openai_standin import PROMPT_TOKENS, StandIn
 
 API_KEY = "sk-test-0123456789abcdef-SECRET"
 
 
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = StandIn(slow_seconds=2.5).start()
-    yield server
-    server.stop()
-
-
 def provider_config(standin: StandIn, **settings: Any) -> dict[str, Any]:
-    instance = {
-        "type": "openai",
-        "url": standin.url,
-        "model": "gpt-4o-mini",
-        "models": ["gpt-4o"],
-        "timeout_seconds": 1,
-        **settings,
-    }
-    return {"query": {"default_provider": "llm", "providers": {"llm": instance}}}
+    return openai_settings(standin, models=["gpt-4o"], **settings)
 
 
 def ask(server: RunningServer, query: str, **body: Any) -> requests.Response:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,31 +14,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, openai_settings
 from tests.openai_standin import ENORMOUS_BYTES, PROMPT_TOKENS, StandIn
 
 API_KEY = "sk-test-0123456789abcdef-SECRET"
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = StandIn(slow_seconds=2.5).start()
-    yield server
-    server.stop()
-
-
-def openai_server(
-    server_factory: Callable[..., RunningServer], standin: StandIn, **settings: Any
-) -> RunningServer:
-    instance = {
-        "type": "openai",
-        "url": standin.url,
-        "model": "gpt-4o-mini",
-        "timeout_seconds": 1,
-        "api_key": API_KEY,
-        **settings,
-    }
-    return server_factory({"query": {"default_provider": "llm", "providers": {"llm": instance}}})
 
 
 @dataclass
@@ -92,7 +71,7 @@ def transcript_count(server: RunningServer) -> int:
 def test_json_nested_too_deeply_is_a_provider_failure_not_a_500(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     for outcome in ask_every_way(server, "[nested] hi"):
         assert outcome.status == 502, outcome
         assert outcome.error is not None and "nested too deeply" in outcome.error, outcome
@@ -103,7 +82,7 @@ def test_json_nested_too_deeply_is_a_provider_failure_not_a_500(
 def test_choices_of_the_wrong_type_are_a_provider_failure_not_a_500(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     for outcome in ask_every_way(server, "[oddchoices] hi"):
         assert outcome.status == 502, outcome
         assert outcome.error is not None and "choices" in outcome.error, outcome
@@ -116,7 +95,7 @@ def test_an_answer_without_any_choices_fails_however_it_is_asked_for(
 ) -> None:
     """A stream that ends, [DONE] and all, without a choice produced no answer, as a plain
     completion without one does not: both fail the same way, and nothing is stored."""
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     for outcome in ask_every_way(server, "[nochoices] hi"):
         assert outcome.status == 502, outcome
         assert outcome.error == (
@@ -154,7 +133,7 @@ def test_odd_token_counts_and_model_names_fall_back_as_missing_ones_do(
     recorded: tuple[str, int, int],
 ) -> None:
     standin.odd_model, standin.odd_usage = model, usage
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     answered_model, input_tokens, output_tokens = recorded
     query, events, plain = ask_every_way(server, "[oddnumbers] hi")
     assert query.status == 200, query
@@ -178,7 +157,7 @@ def test_odd_token_counts_and_model_names_fall_back_as_missing_ones_do(
 def test_tool_calls_that_are_not_objects_are_left_out_not_a_500(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     response = requests.post(f"{server.url}/v1/query", json={"query": "[oddtools] hi"}, timeout=15)
     assert response.status_code == 200, response.text
     assert response.json()["response"] == "Checking."
@@ -212,7 +191,7 @@ def test_an_absurd_retry_after_is_capped_at_a_day_not_a_500(
     passed_on: str | None,
 ) -> None:
     standin.rate_limit_headers = headers
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     for way, path, extra in (
         ("query", "/v1/query", {}),
         ("events", "/v1/streaming_query", {}),
@@ -229,7 +208,7 @@ def test_an_absurd_retry_after_is_capped_at_a_day_not_a_500(
 def test_an_error_in_a_successful_answer_never_passes_the_key_on(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     outcomes = ask_every_way(server, "[errorbody] hi")
     assert [o.status for o in outcomes] == [502, 200, 200]
     for outcome in outcomes:
@@ -250,7 +229,7 @@ def test_a_redirect_is_not_followed_so_neither_key_nor_question_goes_elsewhere(
     try:
         standin.redirect_to = f"{elsewhere.url}/chat/completions?token=abc"
         # A header other than Authorization is one that requests would carry along.
-        server = openai_server(server_factory, standin, api_key_header="api-key")
+        server = server_factory(openai_settings(standin, api_key=API_KEY, api_key_header="api-key"))
         for outcome in ask_every_way(server, "[redirect] my secret question"):
             assert outcome.status == 502, outcome
             assert outcome.error is not None and "redirect (HTTP 307)" in outcome.error, outcome
@@ -270,7 +249,7 @@ def test_an_answer_that_trickles_in_times_out_instead_of_hanging(
 ) -> None:
     """A byte, or a keep-alive comment, well within the timeout each time, but never the
     answer (or its next piece): the wait is bounded all the same."""
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     for outcome in ask_every_way(server, f"{directive} hi"):
         assert outcome.error is not None, outcome
         assert outcome.error.startswith("The model provider did not answer in time"), outcome
@@ -285,7 +264,7 @@ def test_an_answer_that_trickles_in_times_out_instead_of_hanging(
 def test_events_ended_by_any_line_ending_the_standard_allows_are_read(
     standin: StandIn, server_factory: Callable[..., RunningServer], directive: str
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     events, plain = ask_every_way(server, f"{directive} hi")[1:]
     for outcome in (events, plain):
         assert outcome.status == 200, outcome
@@ -322,7 +301,7 @@ def peak_memory_bytes(server: RunningServer) -> int | None:
 def test_an_enormous_answer_is_cut_off_without_being_held_in_memory(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     plain, *streamed = ask_every_way(server, "[enormous] hi")
     assert plain.status == 502, plain
     assert plain.error is not None and "larger than 16 MiB" in plain.error, plain
@@ -348,7 +327,7 @@ def test_an_enormous_answer_is_cut_off_without_being_held_in_memory(
 def test_an_error_body_that_trickles_or_breaks_off_still_gives_the_status(
     standin: StandIn, server_factory: Callable[..., RunningServer], directive: str
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin, api_key=API_KEY))
     for outcome in ask_every_way(server, f"{directive} hi"):
         assert outcome.status == 502, outcome
         assert outcome.error is not None and "answered HTTP 500" in outcome.error, outcome

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import requests
 
 from lightspeed_collector import validation
 from lightspeed_collector.plugins import openai
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, openai_settings
 from tests.openai_standin import (
     DRIP_TOKENS,
     MANY_TOOL_CALLS,
@@ -25,26 +25,6 @@ from tests.openai_standin import (
 from tests.sse import EventStream, answer_text, post_stream
 
 LOG = {"attachment_type": "log", "content_type": "text/plain", "content": "kubelet: OOMKilled"}
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    server = StandIn(slow_seconds=2.5).start()
-    yield server
-    server.stop()
-
-
-def openai_server(
-    server_factory: Callable[..., RunningServer], standin: StandIn, **settings: Any
-) -> RunningServer:
-    instance = {
-        "type": "openai",
-        "url": standin.url,
-        "model": "gpt-4o-mini",
-        "timeout_seconds": 1,
-        **settings,
-    }
-    return server_factory({"query": {"default_provider": "llm", "providers": {"llm": instance}}})
 
 
 def transcript_files(server: RunningServer) -> list[Path]:
@@ -154,7 +134,7 @@ def test_errors_before_the_stream_are_ordinary_json_errors(server: RunningServer
 def test_openai_stream_maps_tokens_usage_and_attachments(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin))
     events = post_stream(server.url, {"query": "What is a pod?", "attachments": [LOG]}).events()
     assert answer_text(events) == "Pods are the smallest units."
     end = events[-1]
@@ -182,7 +162,7 @@ def test_openai_stream_maps_tokens_usage_and_attachments(
 def test_openai_stream_of_recorded_chunks_and_length_and_close_delimited(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin, stream_usage=False)
+    server = server_factory(openai_settings(standin, stream_usage=False))
     recorded = post_stream(server.url, {"query": "[recorded] Hello!"}).events()
     assert answer_text(recorded) == "Hello"
     assert recorded[-1]["data"]["output_tokens"] == 1  # no usage asked for: chunks counted
@@ -210,7 +190,7 @@ def redacted_tool_calls() -> list[dict[str, Any]]:
 def test_streamed_tool_calls_are_recorded_as_a_plain_answer_records_them(
     standin: StandIn, server_factory: Callable[..., RunningServer], directive: str, text: str
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin))
     query = f"{directive} which pods run on 10.0.3.4?"
     plain = requests.post(f"{server.url}/v1/query", json={"query": query}, timeout=15)
     assert plain.status_code == 200, plain.text
@@ -241,7 +221,7 @@ def test_streamed_tool_calls_are_recorded_as_a_plain_answer_records_them(
 def test_streamed_tool_calls_are_kept_by_index_and_bounded_in_number(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin))
     events = post_stream(server.url, {"query": "[hugeindex] hi"}).events()
     assert events[-1]["event"] == "end"
     [record] = wait_for_transcripts(server)
@@ -264,7 +244,7 @@ def test_streamed_tool_calls_are_kept_by_index_and_bounded_in_number(
 def test_a_lone_surrogate_from_the_provider_streams_and_is_stored_as_u_fffd(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin))
     events = post_stream(server.url, {"query": "[surrogate] smile"}).events()
     assert answer_text(events) == "Half an emoji: \ufffd!"
     assert events[-1]["event"] == "end"
@@ -278,7 +258,7 @@ def test_first_token_arrives_before_the_provider_produced_the_last(
 ) -> None:
     """Nothing between the model and the client buffers the stream: the stand-in holds its
     second token until the test has read the first one through the service."""
-    server = openai_server(server_factory, standin, timeout_seconds=20)
+    server = server_factory(openai_settings(standin, timeout_seconds=20))
     for flavour in ("[gated]", "[gated] [close-delimited]"):
         standin.gate.clear()
         standin.last_token_sent.clear()
@@ -297,7 +277,7 @@ def test_first_token_arrives_before_the_provider_produced_the_last(
 def test_client_disconnect_stores_the_partial_answer_once_and_stops_the_provider(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin))
     stream = post_stream(server.url, {"query": "[drip] count", "attachments": [LOG]})
     assert stream.next_event()["event"] == "start"  # type: ignore[index]
     received = [stream.next_event() for _ in range(5)]
@@ -319,7 +299,7 @@ def test_client_disconnect_stores_the_partial_answer_once_and_stops_the_provider
 def test_provider_failure_mid_stream_is_an_error_event_then_a_clean_end(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin))
     broken = post_stream(server.url, {"query": "[abort] hi"}).events()
     assert [e["event"] for e in broken] == ["start", "token", "token", "error"]
     assert all(validation.check("streaming_event", event) == [] for event in broken)
@@ -340,7 +320,7 @@ def test_provider_failure_mid_stream_is_an_error_event_then_a_clean_end(
 def test_provider_failure_before_the_first_token_keeps_its_status(
     standin: StandIn, server_factory: Callable[..., RunningServer]
 ) -> None:
-    server = openai_server(server_factory, standin)
+    server = server_factory(openai_settings(standin))
     limited = post_stream(server.url, {"query": "[ratelimit] hi"})
     assert limited.status == 429
     assert limited.header("Retry-After") == "7"
