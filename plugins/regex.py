@@ -122,13 +122,20 @@ def token(name: str) -> str:
 # their first character and only then look at what precedes it, ``[0-9](?<![\w.].)`` rather
 # than ``(?<![\w.])[0-9]``: a pattern must begin with a character class for ``re`` to skip
 # to the next candidate at C speed, which makes these rules three to four times faster.
+#
+# What counts as "inside a word" leaves out the letter of an escape sequence: JSON and C
+# strings (tool call arguments, pasted logs) write a line break or a tab as ``\n``, ``\r``,
+# ``\t``, and the address in ``"hosts:\n10.0.0.1"`` follows a line break, not a word.
+# ``[\w.]{_UNESCAPED}`` is a word character or dot that is not such a letter; nested in the
+# one lookbehind a rule already has, it costs nothing until that lookbehind sees a letter.
+_UNESCAPED = r"(?<!\\[nrt])"
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
 # An octet whose first digit was already consumed: the lookbehinds read that digit back.
 _OCTET_REST = r"(?:(?<=1)[0-9]{0,2}|(?<=2)(?:[0-4][0-9]?|5[0-5]?|[6-9])?|(?<=[3-9])[0-9]?|(?<=0))"
 _IPV4_PATTERN = (
     # Not part of a longer dotted number such as the version 1.2.3.4.5.
-    rf"[0-9](?<![\w.].){_OCTET_REST}\.(?:{_OCTET}\.){{2}}{_OCTET}(?!\w|\.[0-9])"
+    rf"[0-9](?<![\w.]{_UNESCAPED}.){_OCTET_REST}\.(?:{_OCTET}\.){{2}}{_OCTET}(?!\w|\.[0-9])"
 )
 
 _H = r"[0-9A-Fa-f]{1,4}"
@@ -155,7 +162,7 @@ _IPV6_AFTER_COLON = (
 )
 _IPV6_PATTERN = (
     # Not inside a word, and not after "name[" (slices such as a[1::2] and a[::2]).
-    r"[0-9A-Fa-f:](?<![\w:].)(?<![\w)\]]\[.)"
+    rf"[0-9A-Fa-f:](?<![\w:]{_UNESCAPED}.)(?<![\w)\]]\[.)"
     r"(?:(?<=:)"
     rf"(?:{'|'.join(_IPV6_AFTER_COLON)})"
     r"|(?<=[0-9A-Fa-f])"
@@ -228,6 +235,16 @@ def _luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _decide_email(match: re.Match[str], replacement: str) -> str | None:
+    """An address right after ``\\n`` matches from the ``n`` on; that letter stays, or the
+    text would be left with a broken escape. Checked per match rather than in the pattern,
+    which runs its lookbehind at nearly every character of the text."""
+    start = match.start()
+    if start and match.string[start - 1] == "\\" and match.group(0)[0] in "nrt":
+        return match.group(0)[0] + replacement
+    return replacement
+
+
 def _decide_card(match: re.Match[str], replacement: str) -> str | None:
     """A grouped number followed by a short group (``4111 1111 1111 1111 123``) may be a
     16-digit card followed by something else, so the number without that group gets a
@@ -252,7 +269,7 @@ _PEM_PATTERN = (
 )
 
 _CARD_PATTERN = (
-    r"[0-9](?<![\w.+-].)"
+    rf"[0-9](?<![\w.+-]{_UNESCAPED}.)"
     r"(?:[0-9]{12,18}"
     r"|[0-9]{3}(?P<sep>[ -])[0-9]{4}(?P=sep)[0-9]{4}(?P=sep)[0-9]{1,4}"
     r"(?P<tail>(?P=sep)[0-9]{1,3})?"
@@ -261,21 +278,24 @@ _CARD_PATTERN = (
 )
 
 _BEARER_PATTERN = (
-    r"(?P<scheme>\bBearer[ \t]+)"
+    rf"(?P<scheme>Bearer(?<!\w{_UNESCAPED}.{{6}})[ \t]+)"
     # Prose ("the bearer of bad news", "Bearer tokens expire") has no digit or symbol.
     r"(?=[A-Za-z0-9._~+/=-]*[0-9_~+/=-])[A-Za-z0-9._~+/-]{7,}[A-Za-z0-9_~+/-]=*"
-    r"|(?P<basic>\bAuthorization[\"']?[ \t]*[:=][ \t]*[\"']?Basic[ \t]+)[A-Za-z0-9+/]+={0,2}"
+    rf"|(?P<basic>Authorization(?<!\w{_UNESCAPED}.{{13}})"
+    r"[\"']?[ \t]*[:=][ \t]*[\"']?Basic[ \t]+)[A-Za-z0-9+/]+={0,2}"
 )
 
 _AWS_SECRET_PATTERN = (
-    r"(?P<label>(?<![A-Za-z0-9])(?:aws[ _-]?)?secret[ _-]?(?:access[ _-]?)?key[\"']?"
+    # "aws..." or "secret...", the "a" or "s" taken first so that ``re`` skips ahead at C speed.
+    rf"(?P<label>[as](?<![A-Za-z0-9]{_UNESCAPED}.)(?:(?<=a)ws[ _-]?s|(?<=s))ecret"
+    r"[ _-]?(?:access[ _-]?)?key[\"']?"
     r"(?:[ \t]*[:=]>?[ \t]*|[ \t]+)[\"']?)"
     r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
 )
 
 # Unicode-aware, unlike the other rules: "jürgen@example.com" must not leave "jü" behind.
 _EMAIL_PATTERN = (
-    r"[\w.%+-](?<![\w.%+-].)[\w.%+-]*@"
+    rf"[\w.%+-](?<![\w.%+-]{_UNESCAPED}.)[\w.%+-]*@"
     r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63}(?![\w-])"
 )
 
@@ -308,7 +328,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     ),
     _builtin(
         "jwt",
-        r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
+        rf"eyJ(?<![A-Za-z0-9_-]{_UNESCAPED}eyJ)[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
         lambda probe: "eyJ" in probe.text,
     ),
     _builtin(
@@ -328,7 +348,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     ),
     _builtin(
         "aws_access_key",
-        r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+        rf"A[KS]IA(?<!\w{_UNESCAPED}.{{4}})[A-Z0-9]{{16}}\b",
         lambda probe: "AKIA" in probe.text or "ASIA" in probe.text,
     ),
     _builtin(
@@ -338,7 +358,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         flags=re.IGNORECASE,
         keep=("label",),
     ),
-    _builtin("email", _EMAIL_PATTERN, _may_hold_email, flags=re.UNICODE),
+    _builtin("email", _EMAIL_PATTERN, _may_hold_email, flags=re.UNICODE, decide=_decide_email),
     _builtin(
         "credit_card",
         _CARD_PATTERN,
@@ -347,7 +367,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     ),
     _builtin(
         "us_ssn",
-        r"(?<![\w-])(?!000|666|9)[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![\w-])",
+        # The area number is neither 000, 666 nor 9xx.
+        rf"[0-8](?<![\w-]{_UNESCAPED}.)[0-9]{{2}}(?<!000)(?<!666)"
+        r"-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![\w-])",
         lambda probe: b"000-00-0000" in probe.shape,
     ),
     _builtin("ipv6", _IPV6_PATTERN, _may_hold_ipv6),

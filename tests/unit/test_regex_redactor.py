@@ -303,6 +303,44 @@ def test_generated_ip_addresses_are_redacted_whole() -> None:
             assert dict(result.counts) == {rule: 1}
 
 
+# JSON (tool call arguments, pasted logs) and C-style strings write a line break as "\n": the
+# "n" must not hide what follows it, nor be taken into the match and break the escape.
+ESCAPED = [
+    ("jwt", "{JWT}", "[REDACTED_JWT]"),
+    ("bearer_token", "Bearer abc123def456ghi", "Bearer [REDACTED_BEARER_TOKEN]"),
+    (
+        "bearer_token",
+        "Authorization: Basic dXNlcjpwYXNz",
+        "Authorization: Basic [REDACTED_BEARER_TOKEN]",
+    ),
+    ("aws_access_key", "AKIAIOSFODNN7EXAMPLE", "[REDACTED_AWS_ACCESS_KEY]"),
+    ("aws_secret_key", "secret_key={AWS_SECRET}", "secret_key=[REDACTED_AWS_SECRET_KEY]"),
+    ("email", "alice@example.com", "[REDACTED_EMAIL]"),
+    ("credit_card", "4111111111111111", "[REDACTED_CREDIT_CARD]"),
+    ("us_ssn", "123-45-6789", "[REDACTED_US_SSN]"),
+    ("ipv6", "fe80::1", "[REDACTED_IPV6]"),
+    ("ipv4", "10.0.0.1", "[REDACTED_IPV4]"),
+]
+
+
+@pytest.mark.parametrize("escape", ["\\n", "\\t", "\\r\\n"])
+@pytest.mark.parametrize(("rule", "secret", "expected"), ESCAPED, ids=[r for r, _, _ in ESCAPED])
+def test_a_match_right_after_an_escape_sequence_is_redacted(
+    rule: str, secret: str, expected: str, escape: str
+) -> None:
+    secret = secret.format(JWT=JWT, AWS_SECRET=AWS_SECRET)
+    result = redact(f'{{"text": "first line{escape}{secret}{escape}last line"}}')
+    assert result.text == f'{{"text": "first line{escape}{expected}{escape}last line"}}'
+    assert dict(result.counts) == {rule: 1}
+
+
+def test_every_builtin_rule_is_checked_after_an_escape_sequence() -> None:
+    assert {rule for rule, _, _ in ESCAPED} == set(BUILTIN_NAMES) - {
+        "pem_private_key",  # starts with dashes, never after a letter
+        "url_password",  # starts after "://"
+    }
+
+
 @pytest.mark.parametrize(
     ("text", "expected", "counts"),
     [
@@ -388,6 +426,8 @@ def test_adversarial_input_stays_linear() -> None:
         "http://" + "a:" * 50_000 + "@",
         "secret key " * 10_000,
         ("eyJ" + "a" * 10 + ".") * 10_000,
+        "\\n1.1." * 20_000,
+        "\\na@" * 30_000,
     ]
     for text in inputs:
         started = time.perf_counter()
