@@ -153,10 +153,11 @@ _IPV6_AFTER_HEX = (
     rf"(?:{_H}:){{0,2}}(?::{_H}){{1,4}}",
     rf"(?:{_H}:)?(?::{_H}){{1,5}}",
     rf"(?::{_H}){{1,6}}",
-    rf"(?:{_H}:){{0,3}}:{_IPV4}",
+    # "::" among the six groups in front of an embedded IPv4 address, which counts as two.
+    *(rf"(?:{_H}:){{0,{4 - after}}}:(?:{_H}:){{{after}}}{_IPV4}" for after in range(5)),
 )
 _IPV6_AFTER_COLON = (
-    rf":(?:[fF]{{4}}(?::0{{1,4}})?:)?{_IPV4}",
+    rf":(?:{_H}:){{0,5}}{_IPV4}",
     # A bare "::" is left alone: it is far more often code (Python slices, C++ scopes).
     rf"(?::{_H}){{1,7}}",
 )

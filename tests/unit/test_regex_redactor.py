@@ -303,6 +303,31 @@ def test_generated_ip_addresses_are_redacted_whole() -> None:
             assert dict(result.counts) == {rule: 1}
 
 
+def _ipv6_forms(groups: list[int], ipv4_tail: bool) -> list[str]:
+    """Every way to write the address: each run of zero groups may be the "::"."""
+    count = 6 if ipv4_tail else 8
+    hexes = [format(group, "x") for group in groups[:count]]
+    tail = [str(ipaddress.IPv4Address(groups[6] << 16 | groups[7]))] if ipv4_tail else []
+    forms = [":".join(hexes + tail)]
+    for start in range(count):
+        for end in range(start + 1, count + 1):
+            if not any(groups[start:end]):
+                forms.append(":".join(hexes[:start]) + "::" + ":".join(hexes[end:] + tail))
+    return [form for form in forms if form != "::"]
+
+
+def test_every_written_form_of_an_ipv6_address_is_redacted_whole() -> None:
+    rng = random.Random(11)
+    for _ in range(150):
+        groups = [rng.choice([0, 0, 1, rng.randrange(65536)]) for _ in range(8)]
+        for form in _ipv6_forms(groups, ipv4_tail=False) + _ipv6_forms(groups, ipv4_tail=True):
+            for address in (form, form.upper()):
+                ipaddress.IPv6Address(address)
+                result = redact(f"from {address}, again")
+                assert result.text == "from [REDACTED_IPV6], again", address
+                assert dict(result.counts) == {"ipv6": 1}
+
+
 # JSON (tool call arguments, pasted logs) and C-style strings write a line break as "\n": the
 # "n" must not hide what follows it, nor be taken into the match and break the escape.
 ESCAPED = [
