@@ -260,13 +260,17 @@ def _decide_card(match: re.Match[str], replacement: str) -> str | None:
 
 
 _PEM_LABEL = r"(?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+# A body line of a key, or a header line such as "Proc-Type: 4,ENCRYPTED" and "DEK-Info: ..."
+# (legacy encrypted keys) or "Version: ..." (PGP), which come before the base64 lines.
+_PEM_LINE = r"(?:[A-Za-z0-9+/=]{16,}|[A-Za-z][A-Za-z0-9-]*: [^\r\n\\]*)"
 _PEM_PATTERN = (
     rf"-----BEGIN {_PEM_LABEL}"
     # The body cannot contain "-----", so a BEGIN without its END costs a scan to the next
     # dashes, never to the end of the text.
     rf"(?:[^-]*(?:-(?!----)[^-]*)*-----END {_PEM_LABEL}"
-    # No END line (the text was cut off): take the base64 lines that follow.
-    r"|(?:(?:\s|\\[rn])+[A-Za-z0-9+/=]{16,})*)"
+    # No END line (the text was cut off): take the base64 lines that follow, the first one
+    # perhaps on the BEGIN line itself, and header lines among them.
+    rf"|(?:[ \t]*{_PEM_LINE})?(?:(?:\s|\\[rn])+{_PEM_LINE})*)"
 )
 
 _CARD_PATTERN = (

@@ -64,6 +64,17 @@ TRUE_POSITIVES = [
         f"cut off: -----BEGIN EC PRIVATE KEY-----\n{PEM_BODY}\n(truncated) and more",
         "cut off: [REDACTED_PEM_PRIVATE_KEY]\n(truncated) and more",
     ),
+    (
+        "pem_private_key",
+        "cut off: -----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"
+        f"DEK-Info: AES-128-CBC,3F17F5316E2BAC89\n\n{PEM_BODY}\n(truncated) and more",
+        "cut off: [REDACTED_PEM_PRIVATE_KEY]\n(truncated) and more",
+    ),
+    (
+        "pem_private_key",
+        f"one line: -----BEGIN PRIVATE KEY-----{PEM_BODY.replace(chr(10), '')} (cut off)",
+        "one line: [REDACTED_PEM_PRIVATE_KEY] (cut off)",
+    ),
     ("jwt", f"token={JWT}; path=/", "token=[REDACTED_JWT]; path=/"),
     ("jwt", f"unsigned {JWT.rsplit('.', 1)[0]}.", "unsigned [REDACTED_JWT]"),
     (
