@@ -333,7 +333,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     ),
     _builtin(
         "jwt",
-        rf"eyJ(?<![A-Za-z0-9_-]{_UNESCAPED}eyJ)[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
+        # Some encoders keep base64's "=" padding at the end of each part.
+        rf"eyJ(?<![A-Za-z0-9_-]{_UNESCAPED}eyJ)[A-Za-z0-9_-]+=*\.eyJ[A-Za-z0-9_-]+=*"
+        r"\.[A-Za-z0-9_-]*=*",
         lambda probe: "eyJ" in probe.text,
     ),
     _builtin(

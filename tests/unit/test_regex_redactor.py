@@ -78,6 +78,11 @@ TRUE_POSITIVES = [
     ("jwt", f"token={JWT}; path=/", "token=[REDACTED_JWT]; path=/"),
     ("jwt", f"unsigned {JWT.rsplit('.', 1)[0]}.", "unsigned [REDACTED_JWT]"),
     (
+        "jwt",
+        "padded eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0=.c2lnbmF0dXJl== end",
+        "padded [REDACTED_JWT] end",
+    ),
+    (
         "bearer_token",
         "Authorization: Bearer abc123def456ghi789",
         "Authorization: Bearer [REDACTED_BEARER_TOKEN]",
