@@ -293,8 +293,10 @@ _BEARER_PATTERN = (
 _AWS_SECRET_PATTERN = (
     # "aws..." or "secret...", the "a" or "s" taken first so that ``re`` skips ahead at C speed.
     rf"(?P<label>[as](?<![A-Za-z0-9]{_UNESCAPED}.)(?:(?<=a)ws[ _-]?s|(?<=s))ecret"
-    r"[ _-]?(?:access[ _-]?)?key[\"']?"
-    r"(?:[ \t]*[:=]>?[ \t]*|[ \t]+)[\"']?)"
+    # Quotes may be escaped (JSON inside a JSON string); ">" ends an XML tag, as in an STS
+    # response's <SecretAccessKey>.
+    r"[ _-]?(?:access[ _-]?)?key\\?[\"']?"
+    r"(?:[ \t]*[:=]>?[ \t]*|[ \t]+|>)\\?[\"']?)"
     r"[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
 )
 

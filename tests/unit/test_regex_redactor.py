@@ -135,6 +135,16 @@ TRUE_POSITIVES = [
         "export AWS_SECRET_ACCESS_KEY=[REDACTED_AWS_SECRET_KEY]",
     ),
     ("aws_secret_key", f"secret key: {AWS_SECRET}", "secret key: [REDACTED_AWS_SECRET_KEY]"),
+    (
+        "aws_secret_key",
+        f"<SecretAccessKey>{AWS_SECRET}</SecretAccessKey>",
+        "<SecretAccessKey>[REDACTED_AWS_SECRET_KEY]</SecretAccessKey>",
+    ),
+    (
+        "aws_secret_key",
+        f'{{"arguments": "{{\\"secret_key\\": \\"{AWS_SECRET}\\"}}"}}',
+        '{"arguments": "{\\"secret_key\\": \\"[REDACTED_AWS_SECRET_KEY]\\"}"}',
+    ),
     ("email", "write to alice@example.com.", "write to [REDACTED_EMAIL]."),
     ("email", "<First.Last+tag@mail.sub.example.co.uk>", "<[REDACTED_EMAIL]>"),
     ("email", "Grüße an jürgen@müller.de!", "Grüße an [REDACTED_EMAIL]!"),
