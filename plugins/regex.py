@@ -283,11 +283,12 @@ _CARD_PATTERN = (
 )
 
 _BEARER_PATTERN = (
-    rf"(?P<scheme>Bearer(?<!\w{_UNESCAPED}.{{6}})[ \t]+)"
+    # "Bearer <token>" in a header, also "Bearer: <token>" and "bearer=<token>" in settings.
+    rf"(?P<scheme>Bearer(?<!\w{_UNESCAPED}.{{6}})(?:[ \t]*[:=][ \t]*|[ \t]+))"
     # Prose ("the bearer of bad news", "Bearer tokens expire") has no digit or symbol.
     r"(?=[A-Za-z0-9._~+/=-]*[0-9_~+/=-])[A-Za-z0-9._~+/-]{7,}[A-Za-z0-9_~+/-]=*"
     rf"|(?P<basic>Authorization(?<!\w{_UNESCAPED}.{{13}})"
-    r"[\"']?[ \t]*[:=][ \t]*[\"']?Basic[ \t]+)[A-Za-z0-9+/]+={0,2}"
+    r"\\?[\"']?[ \t]*[:=][ \t]*\\?[\"']?Basic[ \t]+)[A-Za-z0-9+/]+={0,2}"
 )
 
 _AWS_SECRET_PATTERN = (

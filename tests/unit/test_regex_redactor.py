@@ -92,6 +92,13 @@ TRUE_POSITIVES = [
         "use bearer ghp_16C7e42F292c6912E7710c838347Ae178B4a",
         "use bearer [REDACTED_BEARER_TOKEN]",
     ),
+    ("bearer_token", "bearer: abc123def456ghi", "bearer: [REDACTED_BEARER_TOKEN]"),
+    ("bearer_token", "TOKEN_TYPE=BEARER=abc-123-def", "TOKEN_TYPE=BEARER=[REDACTED_BEARER_TOKEN]"),
+    (
+        "bearer_token",
+        '"{\\"Authorization\\": \\"Basic dXNlcjpwYXNz\\"}"',
+        '"{\\"Authorization\\": \\"Basic [REDACTED_BEARER_TOKEN]\\"}"',
+    ),
     (
         "bearer_token",
         "curl -H 'Authorization: Basic dXNlcjpwYXNzd29yZA==' https://x",
