@@ -509,7 +509,14 @@ def _user_rule(path: str, name: str, pattern: str, replacement: str | None) -> R
         raise ConfigError(
             f"{path}.replacement", f"invalid replacement '{_shown(template)}': {exc}"
         ) from None
-    return Rule(name, compiled, template)
+    return Rule(name, compiled, template, decide=_decide_not_empty)
+
+
+def _decide_not_empty(match: re.Match[str], replacement: str) -> str | None:
+    """A user pattern may match empty text in some places only (``\\b``, ``(?=x)``), which
+    the check at start-up cannot see; such a match hides nothing, and replacing it would
+    insert tokens into the text and count hits that redacted nothing."""
+    return replacement if match.end() > match.start() else None
 
 
 def _shown(text: str, limit: int = 80) -> str:

@@ -513,6 +513,14 @@ def test_user_rules_run_after_the_builtins_with_their_replacement() -> None:
     assert result.count == 4
 
 
+@pytest.mark.parametrize("pattern", [r"TKT-\d+|\b", r"TKT-\d+|(?=o)", r"(?<=e)|TKT-\d+"])
+def test_a_user_rule_that_matches_empty_text_somewhere_inserts_nothing(pattern: str) -> None:
+    redactor = rules_from({"rules": [{"name": "ticket", "pattern": pattern}]})
+    result = redactor.redact("see TKT-12 now")
+    assert result.text == "see [REDACTED_TICKET] now"
+    assert dict(result.counts) == {"ticket": 1}
+
+
 def test_disabled_builtins_do_not_run() -> None:
     redactor = rules_from({"disable_builtin": ["email", "ipv4"]})
     text = "alice@example.com at 10.0.0.1, ssn 123-45-6789"
