@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -134,12 +135,30 @@ class RecordPipeline:
         }
 
     def _redact_node(self, node: Any) -> Any:
+        """Every string below ``node``, object keys included, and every whole number: tool
+        data and RAG chunks are a provider's JSON, where a card number may come as a number
+        and an address as a key."""
         if isinstance(node, str):
             return self._redact_text(node)
         if isinstance(node, Mapping):
-            return {key: self._redact_node(value) for key, value in node.items()}
+            redacted: dict[Any, Any] = {}
+            for key, value in node.items():
+                name = self._redact_text(key) if isinstance(key, str) else key
+                if name in redacted:
+                    # Two keys redacted alike (two addresses): both values are kept.
+                    name = next(
+                        f"{name} ({n})"
+                        for n in itertools.count(2)
+                        if f"{name} ({n})" not in redacted
+                    )
+                redacted[name] = self._redact_node(value)
+            return redacted
         if isinstance(node, list | tuple):
             return [self._redact_node(item) for item in node]
+        if isinstance(node, int) and not isinstance(node, bool):
+            digits = str(node)
+            text = self._redact_text(digits)
+            return node if text == digits else text
         return node
 
     def _redact_text(self, text: str) -> str:

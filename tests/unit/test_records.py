@@ -95,6 +95,40 @@ def test_invalid_record_reaches_no_sink_and_no_observer() -> None:
     assert "5" not in refused.value.cause  # fields are named, values never quoted
 
 
+def test_object_keys_and_whole_numbers_in_provider_data_are_redacted_too() -> None:
+    """Tool data is the provider's JSON: a card number may come as a number, an address as
+    a key. Keys that come out alike are all kept."""
+    sink = ListSink()
+    record = {
+        "metadata": {
+            "provider": "p",
+            "model": "m",
+            "query_provider": None,
+            "query_model": None,
+            "user_id": USER_KEY,
+            "conversation_id": CONVERSATION,
+            "timestamp": "2024-01-01T12:00:00Z",
+        },
+        "redacted_query": "q",
+        "query_is_valid": True,
+        "llm_response": "r",
+        "rag_chunks": [],
+        "truncated": False,
+        "attachments": [],
+        "tool_results": [
+            {"card": 4111111111111111, "count": 3, "ok": True, "apple": 1, "x apple": 2},
+            {"apple": "a", "[WORD]": "b", "apple apple": "c"},
+        ],
+    }
+    redactors = [WordRedactor("w", "apple"), WordRedactor("c", "4111111111111111")]
+    pipeline(redactors, sink).store("transcript", record, USER_KEY, CONVERSATION)
+    stored = sink.records[0].data
+    assert stored["tool_results"] == [
+        {"card": "[WORD]", "count": 3, "ok": True, "[WORD]": 1, "x [WORD]": 2},
+        {"[WORD]": "a", "[WORD] (2)": "b", "[WORD] [WORD]": "c"},
+    ]
+
+
 def test_a_failing_redactor_stores_nothing() -> None:
     sink = ListSink()
     with pytest.raises(StorageFailed, match="broken"):
