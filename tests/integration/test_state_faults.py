@@ -56,9 +56,15 @@ def test_a_database_locked_by_another_process_answers_503_naming_it(
     assert ask(server).status_code == 200
 
 
-def restart(server: RunningServer) -> RunningServer:
+def assert_owned_after_restart(server: RunningServer, *conversation_ids: str) -> None:
+    """Restart the service on the same folders: each conversation is still known to it."""
     server.stop()
-    return start_server(server.root)
+    restarted = start_server(server.root)
+    try:
+        for conversation_id in conversation_ids:
+            assert give_feedback(restarted, conversation_id).status_code == 200
+    finally:
+        restarted.stop()
 
 
 @pytest.mark.parametrize("removed", ["database", "state_dir"])
@@ -79,12 +85,7 @@ def test_conversations_outlive_a_database_removed_while_running(
     assert (state / "conversations.sqlite3").stat().st_mode & 0o777 == 0o600
     assert "was removed while the service ran" in server.log()
 
-    restarted = restart(server)
-    try:
-        for conversation_id in (before, during.json()["conversation_id"]):
-            assert give_feedback(restarted, conversation_id).status_code == 200
-    finally:
-        restarted.stop()
+    assert_owned_after_restart(server, before, during.json()["conversation_id"])
 
 
 def test_a_database_replaced_while_running_is_not_written_over(server: RunningServer) -> None:
@@ -120,9 +121,4 @@ def test_conversations_are_held_until_a_removed_database_can_be_written_again(
     state.unlink()
     during = ask(server)
     assert during.status_code == 200, during.text
-    restarted = restart(server)
-    try:
-        for conversation_id in (before, during.json()["conversation_id"]):
-            assert give_feedback(restarted, conversation_id).status_code == 200
-    finally:
-        restarted.stop()
+    assert_owned_after_restart(server, before, during.json()["conversation_id"])
