@@ -394,6 +394,7 @@ class JwkTokenAuthenticator:
                         "verify_aud": self._audience is not None,
                     },
                 )
+                _check_times(claims)
                 return claims
             except (jwt.InvalidSignatureError, jwt.InvalidKeyError):
                 continue
@@ -403,7 +404,11 @@ class JwkTokenAuthenticator:
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:
         user_id = _claim(claims, self._user_id_claim)
-        if not isinstance(user_id, str | int) or isinstance(user_id, bool) or user_id == "":
+        if (
+            not isinstance(user_id, str | int)
+            or isinstance(user_id, bool)
+            or str(user_id).strip() == ""
+        ):
             raise Unauthorized(f"Invalid token: no user id in claim '{self._user_id_claim}'")
         username = _claim(claims, self._username_claim)
         roles = _roles(_claim(claims, self._roles_claim))
@@ -418,6 +423,16 @@ class JwkTokenAuthenticator:
             username=username if isinstance(username, str) and username else str(user_id),
             roles=frozenset(roles),
         )
+
+
+def _check_times(claims: Mapping[str, Any]) -> None:
+    """``exp``, ``nbf`` and ``iat`` must be JSON numbers (RFC 7519's NumericDate). PyJWT
+    also takes a string of digits for some of them, and a token whose issuer wrote its
+    times as text is malformed: better refused than read one way here and another there."""
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise Unauthorized(f"Invalid token: its '{name}' claim is not a number")
 
 
 def _quoted(value: Any) -> str:

@@ -109,6 +109,11 @@ def test_missing_expired_and_forged_tokens_are_401(
     assert "issuer" in cause(ask(server, rsa_key.token(iss="https://evil.example")))
     assert "'exp' claim" in cause(ask(server, rsa_key.token(exp=None)))
     assert "no user id" in cause(ask(server, rsa_key.token(sub=None)))
+    assert "no user id" in cause(ask(server, rsa_key.token(sub=" \t ")))
+    # Times are JSON numbers (RFC 7519's NumericDate); a string of digits is not one.
+    later = str(int(time.time()) + 300)
+    assert "its 'exp' claim is not a number" in cause(ask(server, rsa_key.token(exp=later)))
+    assert "its 'iat' claim is not a number" in cause(ask(server, rsa_key.token(iat="0")))
     assert "well-formed" in cause(ask(server, "not.a.jwt"))
 
     impostor = SigningKey.rsa("rsa-1")  # same key id, different key
