@@ -118,6 +118,11 @@ def token(name: str) -> str:
     return f"[REDACTED_{name.upper()}]"
 
 
+_TOKEN_OPENING = "[REDACTED_"
+_TOKEN = re.compile(r"\[REDACTED_[A-Z0-9_-]+\]")
+"""Any rule's token, as :func:`token` makes it from a rule name."""
+
+
 # Rules that could start almost anywhere (at any digit, any letter) begin with the class of
 # their first character and only then look at what precedes it, ``[0-9](?<![\w.].)`` rather
 # than ``(?<![\w.])[0-9]``: a pattern must begin with a character class for ``re`` to skip
@@ -509,14 +514,36 @@ def _user_rule(path: str, name: str, pattern: str, replacement: str | None) -> R
         raise ConfigError(
             f"{path}.replacement", f"invalid replacement '{_shown(template)}': {exc}"
         ) from None
-    return Rule(name, compiled, template, decide=_decide_not_empty)
+    return Rule(name, compiled, template, decide=_decide_user_match)
 
 
-def _decide_not_empty(match: re.Match[str], replacement: str) -> str | None:
-    """A user pattern may match empty text in some places only (``\\b``, ``(?=x)``), which
-    the check at start-up cannot see; such a match hides nothing, and replacing it would
-    insert tokens into the text and count hits that redacted nothing."""
-    return replacement if match.end() > match.start() else None
+def _decide_user_match(match: re.Match[str], replacement: str) -> str | None:
+    """Keep what a user rule matched in two cases.
+
+    A user pattern may match empty text in some places only (``\\b``, ``(?=x)``), which the
+    check at start-up cannot see; such a match hides nothing, and replacing it would insert
+    tokens into the text and count hits that redacted nothing. And a match that lies inside
+    an earlier rule's token without being all of it (``[A-Z]{4,}`` finding ``EMAIL`` in
+    ``[REDACTED_EMAIL]``) would break the token, and redacting twice would change the text
+    again; a pattern for a whole token still takes it.
+    """
+    start, end = match.span()
+    if end == start:
+        return None
+    text = match.string
+    # The last token opening at or before the match's start.
+    opening = text.rfind(_TOKEN_OPENING, 0, start + len(_TOKEN_OPENING))
+    if opening != -1:
+        closing = text.find("]", opening) + 1
+        if (
+            closing
+            and start >= opening
+            and end <= closing
+            and (start, end) != (opening, closing)
+            and _TOKEN.fullmatch(text, opening, closing)
+        ):
+            return None
+    return replacement
 
 
 def _shown(text: str, limit: int = 80) -> str:

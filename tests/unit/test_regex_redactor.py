@@ -521,6 +521,17 @@ def test_a_user_rule_that_matches_empty_text_somewhere_inserts_nothing(pattern: 
     assert dict(result.counts) == {"ticket": 1}
 
 
+def test_a_user_rule_leaves_the_inside_of_tokens_alone_so_redacting_twice_changes_nothing() -> None:
+    """A pattern for upper-case words would otherwise take ``REDACTED`` and ``EMAIL`` out of
+    ``[REDACTED_EMAIL]``; a pattern for a whole token still takes it (see above)."""
+    redactor = rules_from({"rules": [{"name": "shout", "pattern": r"[A-Z]{4,}"}]})
+    once = redactor.redact("mail alice@example.com, STOP SHOUTING")
+    assert once.text == "mail [REDACTED_EMAIL], [REDACTED_SHOUT] [REDACTED_SHOUT]"
+    assert dict(once.counts) == {"email": 1, "shout": 2}
+    twice = redactor.redact(once.text)
+    assert twice.text == once.text and twice.count == 0
+
+
 def test_disabled_builtins_do_not_run() -> None:
     redactor = rules_from({"disable_builtin": ["email", "ipv4"]})
     text = "alice@example.com at 10.0.0.1, ssn 123-45-6789"
