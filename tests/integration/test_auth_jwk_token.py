@@ -72,6 +72,16 @@ def ask(server: RunningServer, token: str | None, path: str = "/v1/query") -> re
     return requests.post(f"{server.url}{path}", json={"query": "hi"}, headers=headers, timeout=10)
 
 
+def switch_feedback(server: RunningServer, token: str, status: bool) -> requests.Response:
+    """``PUT /v1/feedback/status``, which only the service's admin role may do."""
+    return requests.put(
+        f"{server.url}/v1/feedback/status",
+        json={"status": status},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+
+
 def cause(response: requests.Response) -> str:
     assert response.status_code == 401, response.text
     detail = response.json()["detail"]
@@ -140,16 +150,11 @@ def test_missing_expired_and_forged_tokens_are_401(
 def test_roles_claim_grants_admin_for_the_feedback_switch(
     server: RunningServer, rsa_key: SigningKey
 ) -> None:
-    url = f"{server.url}/v1/feedback/status"
-
-    def put(token: str) -> requests.Response:
-        return requests.put(
-            url, json={"status": False}, headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
-
-    assert put(rsa_key.token(roles=["viewer"])).status_code == 403
-    assert put(rsa_key.token()).status_code == 403
-    allowed = put(rsa_key.token(sub="root-id", roles=["viewer", "admin"]))
+    assert switch_feedback(server, rsa_key.token(roles=["viewer"]), False).status_code == 403
+    assert switch_feedback(server, rsa_key.token(), False).status_code == 403
+    allowed = switch_feedback(
+        server, rsa_key.token(sub="root-id", roles=["viewer", "admin"]), False
+    )
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["status"]["updated_by"] == "root-id"
 
@@ -193,22 +198,12 @@ def test_local_pem_file_and_configurable_claims(
     response = ask(server, token)
     assert response.status_code == 200, response.text
     assert user_dir(server, "u-42").is_dir()
-    toggled = requests.put(
-        f"{server.url}/v1/feedback/status",
-        json={"status": False},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
-    )
+    toggled = switch_feedback(server, token, False)
     assert toggled.status_code == 200, toggled.text
     # With admin_roles set, they alone grant admin: an identity provider's own "admin" role
     # (a realm administrator's, say) is no say over this service.
     realm_admin = ec_key.token(with_kid=False, uid="u-44", realm_access={"roles": ["admin"]})
-    refused = requests.put(
-        f"{server.url}/v1/feedback/status",
-        json={"status": True},
-        headers={"Authorization": f"Bearer {realm_admin}"},
-        timeout=10,
-    )
+    refused = switch_feedback(server, realm_admin, True)
     assert refused.status_code == 403, refused.text
     assert "no user id in claim 'uid'" in cause(ask(server, ec_key.token(with_kid=False)))
 
